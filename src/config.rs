@@ -1,0 +1,452 @@
+//! Layered configuration: the built-in `config/default.toml`, then an optional
+//! file (`--config FILE`), then `SEND_WORKER__<SECTION>__<KEY>` environment
+//! variables. `TELNYX_API_KEY` is accepted for the API key, as the SDKs do.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The defaults, compiled in so the binary needs no file beside it.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const ENV_PREFIX: &str = "SEND_WORKER";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be loaded: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}` is invalid: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub telnyx: TelnyxSettings,
+    pub worker: WorkerSettings,
+    pub retry: RetrySettings,
+    pub limiter: LimiterSettings,
+    pub pacing: PacingSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: Secret,
+    pub exchange: String,
+    pub routing_key: String,
+    pub queue: String,
+    pub dead_letter_queue: String,
+    pub dead_routing_key: String,
+    pub retry_queue_prefix: String,
+    pub events_exchange: String,
+    pub prefetch: u16,
+    pub delivery_limit: u32,
+    pub declare_topology: bool,
+    pub reconnect_max_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelnyxSettings {
+    pub base_url: String,
+    pub api_key: Secret,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub max_in_flight: usize,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub max_body_bytes: usize,
+    pub shutdown_grace_secs: u64,
+    pub max_age_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub base_ms: u64,
+    pub factor: f64,
+    pub cap_ms: u64,
+    pub max_attempts: u32,
+    pub max_rate_limit_bounces: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimiterSettings {
+    pub initial_rate: f64,
+    pub min_rate: f64,
+    pub max_rate: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacingSettings {
+    #[serde(default)]
+    pub account_sms_per_second: f64,
+    #[serde(default)]
+    pub account_mms_per_second: f64,
+    #[serde(default)]
+    pub long_code_per_second: f64,
+    #[serde(default)]
+    pub toll_free_per_second: f64,
+    #[serde(default)]
+    pub short_code_per_second: f64,
+    #[serde(default)]
+    pub alphanumeric_per_second: f64,
+    #[serde(default)]
+    pub max_wait_ms: u64,
+    #[serde(default)]
+    pub numbers: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Settings {
+    /// Load defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: std::collections::HashMap<String, String> = env.into_iter().collect();
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid(
+                    "--config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let ours: std::collections::HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(ours)),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        if settings.telnyx.api_key.is_empty()
+            && let Some(key) = env.get("TELNYX_API_KEY")
+        {
+            settings.telnyx.api_key = Secret::new(key.trim());
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that do not need the API key (simulate, demo, dlq).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self
+            .amqp
+            .url
+            .expose()
+            .parse::<lapin::uri::AMQPUri>()
+            .is_err()
+        {
+            return Err(invalid("amqp.url", "not an amqp:// or amqps:// URL"));
+        }
+        for (key, value) in [
+            ("amqp.exchange", &self.amqp.exchange),
+            ("amqp.routing_key", &self.amqp.routing_key),
+            ("amqp.queue", &self.amqp.queue),
+            ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
+            ("amqp.dead_routing_key", &self.amqp.dead_routing_key),
+            ("amqp.retry_queue_prefix", &self.amqp.retry_queue_prefix),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        if self.amqp.prefetch == 0 {
+            return Err(invalid("amqp.prefetch", "must be at least 1"));
+        }
+        match reqwest::Url::parse(&self.telnyx.base_url) {
+            Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}
+            _ => return Err(invalid("telnyx.base_url", "not an http(s) URL")),
+        }
+        if self.telnyx.max_in_flight == 0 {
+            return Err(invalid("telnyx.max_in_flight", "must be at least 1"));
+        }
+        if self.telnyx.request_timeout_ms == 0 {
+            return Err(invalid("telnyx.request_timeout_ms", "must be positive"));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts", "must be at least 1"));
+        }
+        if self.retry.base_ms == 0 {
+            return Err(invalid("retry.base_ms", "must be positive"));
+        }
+        if !(self.retry.factor >= 1.0 && self.retry.factor.is_finite()) {
+            return Err(invalid("retry.factor", "must be a finite number >= 1"));
+        }
+        if self.retry.cap_ms < self.retry.base_ms {
+            return Err(invalid("retry.cap_ms", "must be at least retry.base_ms"));
+        }
+        let l = &self.limiter;
+        if !(l.min_rate > 0.0 && l.min_rate <= l.initial_rate && l.initial_rate <= l.max_rate) {
+            return Err(invalid(
+                "limiter.initial_rate",
+                "need 0 < min_rate <= initial_rate <= max_rate",
+            ));
+        }
+        if l.burst == 0 {
+            return Err(invalid("limiter.burst", "must be at least 1"));
+        }
+        for (key, v) in [
+            (
+                "pacing.account_sms_per_second",
+                self.pacing.account_sms_per_second,
+            ),
+            (
+                "pacing.account_mms_per_second",
+                self.pacing.account_mms_per_second,
+            ),
+            (
+                "pacing.long_code_per_second",
+                self.pacing.long_code_per_second,
+            ),
+            (
+                "pacing.toll_free_per_second",
+                self.pacing.toll_free_per_second,
+            ),
+            (
+                "pacing.short_code_per_second",
+                self.pacing.short_code_per_second,
+            ),
+            (
+                "pacing.alphanumeric_per_second",
+                self.pacing.alphanumeric_per_second,
+            ),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(invalid(key, "must be a number >= 0"));
+            }
+        }
+        if let Some((_, v)) = self
+            .pacing
+            .numbers
+            .iter()
+            .find(|(_, v)| !(**v >= 0.0 && v.is_finite()))
+        {
+            return Err(invalid("pacing.numbers", format!("rate {v} must be >= 0")));
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                "not a socket address like 0.0.0.0:9090",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The extra check `send-worker run` makes against the real API.
+    pub fn require_api_key(&self) -> Result<(), ConfigError> {
+        if self.telnyx.api_key.is_empty() {
+            return Err(invalid(
+                "telnyx.api_key",
+                "is not set; set SEND_WORKER__TELNYX__API_KEY or TELNYX_API_KEY",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn http_listen(&self) -> SocketAddr {
+        // validate() has checked it; fall back to the default rather than panic.
+        self.http
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9090)))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.worker.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_public_contract() {
+        let s = Settings::load_with_env(None, env(&[])).expect("defaults");
+        assert_eq!(s.amqp.exchange, "messages");
+        assert_eq!(s.amqp.routing_key, "send");
+        assert_eq!(s.amqp.queue, "messages.send");
+        assert_eq!(s.amqp.dead_letter_queue, "messages.send.dead");
+        assert_eq!(s.telnyx.base_url, "https://api.telnyx.com/v2");
+        assert_eq!(s.retry.max_attempts, 5);
+        assert_eq!(s.pacing.account_sms_per_second, 50.0);
+        assert_eq!(s.pacing.account_mms_per_second, 15.0);
+        assert_eq!(s.pacing.toll_free_per_second, 20.0);
+        assert_eq!(s.pacing.short_code_per_second, 1000.0);
+        assert_eq!(s.pacing.alphanumeric_per_second, 0.1);
+        assert_eq!(s.pacing.long_code_per_second, 0.0);
+        assert!(s.require_api_key().is_err());
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("SEND_WORKER__AMQP__URL", "amqp://u:p@rabbit:5672/%2f"),
+                ("SEND_WORKER__TELNYX__BASE_URL", "http://127.0.0.1:8080/v2"),
+                ("SEND_WORKER__TELNYX__API_KEY", "KEYabc"),
+                ("SEND_WORKER__HTTP__LISTEN", "127.0.0.1:9999"),
+                ("SEND_WORKER__AMQP__PREFETCH", "17"),
+                ("SEND_WORKER__PACING__ACCOUNT_SMS_PER_SECOND", "0"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(s.amqp.url.expose(), "amqp://u:p@rabbit:5672/%2f");
+        assert_eq!(s.telnyx.base_url, "http://127.0.0.1:8080/v2");
+        assert_eq!(s.telnyx.api_key.expose(), "KEYabc");
+        assert_eq!(s.http.listen, "127.0.0.1:9999");
+        assert_eq!(s.amqp.prefetch, 17);
+        assert_eq!(s.pacing.account_sms_per_second, 0.0);
+        s.require_api_key().expect("key set");
+    }
+
+    #[test]
+    fn telnyx_api_key_variable_is_accepted_and_ours_wins() {
+        let s = Settings::load_with_env(None, env(&[("TELNYX_API_KEY", "sdk-style")])).unwrap();
+        assert_eq!(s.telnyx.api_key.expose(), "sdk-style");
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("TELNYX_API_KEY", "sdk-style"),
+                ("SEND_WORKER__TELNYX__API_KEY", "ours"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.telnyx.api_key.expose(), "ours");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("SEND_WORKER__AMQP__URL", "http://nope", "amqp.url"),
+            (
+                "SEND_WORKER__TELNYX__BASE_URL",
+                "not a url",
+                "telnyx.base_url",
+            ),
+            ("SEND_WORKER__HTTP__LISTEN", "localhost", "http.listen"),
+            (
+                "SEND_WORKER__RETRY__MAX_ATTEMPTS",
+                "0",
+                "retry.max_attempts",
+            ),
+            (
+                "SEND_WORKER__PACING__TOLL_FREE_PER_SECOND",
+                "-1",
+                "pacing.toll_free_per_second",
+            ),
+        ];
+        for (k, v, key) in cases {
+            let err = Settings::load_with_env(None, env(&[(k, v)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{k}={v}: {err}");
+        }
+        let err = Settings::load_with_env(None, env(&[("SEND_WORKER__AMQP__PREFETCH", "many")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("prefetch"), "{err}");
+        let err =
+            Settings::load_with_env(None, env(&[("SEND_WORKER__AMQP__PREFECT", "1")])).unwrap_err();
+        assert!(err.to_string().contains("prefect"), "{err}");
+    }
+
+    #[test]
+    fn a_config_file_sits_between_defaults_and_env() {
+        let dir = std::env::temp_dir().join(format!("sw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[amqp]\nqueue = \"from-file\"\nprefetch = 5\n[pacing.numbers]\n\"+18005550100\" = 2.5\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&path), env(&[("SEND_WORKER__AMQP__PREFETCH", "9")]))
+            .unwrap();
+        assert_eq!(s.amqp.queue, "from-file");
+        assert_eq!(s.amqp.prefetch, 9);
+        assert_eq!(s.pacing.numbers.get("+18005550100"), Some(&2.5));
+        let missing = Settings::load_with_env(Some(&dir.join("nope.toml")), env(&[])).unwrap_err();
+        assert!(missing.to_string().contains("--config"));
+    }
+
+    #[test]
+    fn debug_never_prints_the_api_key_or_amqp_password() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("SEND_WORKER__TELNYX__API_KEY", "KEY-SUPER-SECRET"),
+                ("SEND_WORKER__AMQP__URL", "amqp://user:hunter2@h:5672/%2f"),
+            ]),
+        )
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("KEY-SUPER-SECRET"));
+        assert!(!dbg.contains("hunter2"));
+    }
+}

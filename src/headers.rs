@@ -1,0 +1,95 @@
+//! Reading and writing the AMQP headers the worker uses. Header values come
+//! from producers and from RabbitMQ, so every reader tolerates any type.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, LongString, ShortString};
+
+/// Attempts made so far (on a retry copy) or in all (on a dead-letter entry).
+pub const ATTEMPTS: &str = "x-attempts";
+/// 429 answers this job has bounced on; they do not count as attempts.
+pub const RATE_LIMIT_BOUNCES: &str = "x-rate-limit-bounces";
+/// Pacing deferrals through the broker; they do not count as attempts either.
+pub const DEFERRALS: &str = "x-deferrals";
+/// A producer-set deadline: RFC 3339 or unix seconds.
+pub const EXPIRES_AT: &str = "x-expires-at";
+
+pub const ERROR_REASON: &str = "x-error-reason";
+pub const ERROR_CODE: &str = "x-error-code";
+pub const ERROR_TITLE: &str = "x-error-title";
+pub const ERROR_DETAIL: &str = "x-error-detail";
+pub const HTTP_STATUS: &str = "x-http-status";
+pub const FAILED_AT: &str = "x-failed-at";
+
+fn value<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(&ShortString::from(name)))
+}
+
+/// An integer header of any AMQP integer type, or a decimal string.
+pub fn get_u64(props: &BasicProperties, name: &str) -> Option<u64> {
+    match value(props, name)? {
+        AMQPValue::ShortShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongUInt(v) => Some(u64::from(*v)),
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::Timestamp(v) => Some(*v),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
+        _ => None,
+    }
+}
+
+pub fn get_u32(props: &BasicProperties, name: &str) -> Option<u32> {
+    get_u64(props, name).map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+}
+
+/// A string header (long or short string), or an integer rendered as text.
+pub fn get_string(props: &BasicProperties, name: &str) -> Option<String> {
+    match value(props, name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => get_u64(props, name).map(|v| v.to_string()),
+    }
+}
+
+/// The properties with header `name` set to `v`, everything else unchanged.
+pub fn with_header(props: BasicProperties, name: &str, v: AMQPValue) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(ShortString::from(name), v);
+    props.with_headers(headers)
+}
+
+pub fn string(v: impl AsRef<str>) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(v.as_ref().as_bytes().to_vec()))
+}
+
+pub fn int(v: u64) -> AMQPValue {
+    AMQPValue::LongLongInt(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_of_any_width_and_strings_are_read() {
+        let p = BasicProperties::default();
+        assert_eq!(get_u32(&p, ATTEMPTS), None);
+        let p = with_header(p, ATTEMPTS, AMQPValue::ShortShortUInt(3));
+        assert_eq!(get_u32(&p, ATTEMPTS), Some(3));
+        let p = with_header(p, ATTEMPTS, AMQPValue::LongInt(-1));
+        assert_eq!(get_u32(&p, ATTEMPTS), None);
+        let p = with_header(p, ATTEMPTS, string(" 4 "));
+        assert_eq!(get_u32(&p, ATTEMPTS), Some(4));
+        let p = with_header(p, ATTEMPTS, int(7));
+        assert_eq!(get_u32(&p, ATTEMPTS), Some(7));
+        assert_eq!(get_string(&p, ATTEMPTS).as_deref(), Some("7"));
+        let p = with_header(p, ATTEMPTS, AMQPValue::Boolean(true));
+        assert_eq!(get_u32(&p, ATTEMPTS), None);
+    }
+}

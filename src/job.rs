@@ -1,0 +1,663 @@
+//! A send job: one AMQP message whose body is a Telnyx `POST /v2/messages`
+//! request and whose `message_id` is the job id. Parsing and validation happen
+//! here, before any API call; a job that fails them is dead-lettered with the
+//! reason this module gives.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::BasicProperties;
+use serde_json::{Map, Value};
+
+use crate::encoding::{self, MAX_PARTS};
+use crate::headers;
+
+/// At most this many `media_urls` (Telnyx's MMS limit).
+pub const MAX_MEDIA_URLS: usize = 10;
+
+/// Why a job was refused before any API call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// Not a JSON object at all: too large, not UTF-8, not JSON, not an object.
+    Malformed,
+    /// A JSON object that is not a valid send request.
+    Validation,
+}
+
+impl Rejection {
+    fn malformed(detail: impl Into<String>) -> Self {
+        Self {
+            kind: RejectionKind::Malformed,
+            detail: detail.into(),
+        }
+    }
+    fn invalid(detail: impl Into<String>) -> Self {
+        Self {
+            kind: RejectionKind::Validation,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// How Telnyx paces a sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SenderClass {
+    LongCode,
+    TollFree,
+    ShortCode,
+    Alphanumeric,
+    /// No `from`: sent through a messaging profile's number pool.
+    Profile,
+}
+
+impl SenderClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SenderClass::LongCode => "long_code",
+            SenderClass::TollFree => "toll_free",
+            SenderClass::ShortCode => "short_code",
+            SenderClass::Alphanumeric => "alphanumeric",
+            SenderClass::Profile => "profile",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    Sms,
+    Mms,
+}
+
+/// A validated job, ready to be sent.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    /// The original body, forwarded to the API byte for byte.
+    pub body: Vec<u8>,
+    pub from: Option<String>,
+    pub sender: SenderClass,
+    pub kind: MessageKind,
+    /// SMS parts the text needs (1 for MMS without text).
+    pub parts: u32,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub rate_limit_bounces: u32,
+    pub deferrals: u32,
+    /// When the producer published it (AMQP `timestamp`).
+    pub published_at: Option<SystemTime>,
+    /// Not to be sent after this.
+    pub deadline: Option<SystemTime>,
+}
+
+/// The job id of a delivery, if it has one (for logs and dead-letter entries
+/// of jobs that fail to parse).
+pub fn job_id(props: &BasicProperties) -> Option<String> {
+    props
+        .message_id()
+        .as_ref()
+        .map(|s| s.as_str().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Attempts already made, as recorded on the message.
+pub fn attempts_made(props: &BasicProperties) -> u32 {
+    headers::get_u32(props, headers::ATTEMPTS).unwrap_or(0)
+}
+
+impl Job {
+    /// Parse and validate a delivery.
+    pub fn parse(
+        body: &[u8],
+        props: &BasicProperties,
+        max_body_bytes: usize,
+        max_age: Option<Duration>,
+    ) -> Result<Job, Rejection> {
+        if body.len() > max_body_bytes {
+            return Err(Rejection::malformed(format!(
+                "body is {} bytes; the limit is {max_body_bytes}",
+                body.len()
+            )));
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|e| Rejection::malformed(format!("body is not valid UTF-8: {e}")))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Rejection::malformed(format!("body is not JSON: {e}")))?;
+        let Value::Object(obj) = value else {
+            return Err(Rejection::malformed(format!(
+                "body must be a JSON object, got {}",
+                type_name(&value)
+            )));
+        };
+        let id = job_id(props).ok_or_else(|| {
+            Rejection::invalid("the message_id property (the job id) is missing or empty")
+        })?;
+        let checked = validate(&obj)?;
+
+        let published_at = props
+            .timestamp()
+            .filter(|t| *t > 0)
+            .map(|t| UNIX_EPOCH + Duration::from_secs(t));
+        let explicit = match headers::get_string(props, headers::EXPIRES_AT) {
+            Some(raw) => Some(parse_deadline(&raw).ok_or_else(|| {
+                Rejection::invalid(format!(
+                    "header {} is not RFC 3339 or unix seconds: {raw:?}",
+                    headers::EXPIRES_AT
+                ))
+            })?),
+            None => None,
+        };
+        let by_age = match (max_age, published_at) {
+            (Some(age), Some(at)) => Some(at + age),
+            _ => None,
+        };
+        let deadline = match (explicit, by_age) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+
+        Ok(Job {
+            id,
+            body: body.to_vec(),
+            from: checked.from,
+            sender: checked.sender,
+            kind: checked.kind,
+            parts: checked.parts,
+            attempt: attempts_made(props).saturating_add(1),
+            rate_limit_bounces: headers::get_u32(props, headers::RATE_LIMIT_BOUNCES).unwrap_or(0),
+            deferrals: headers::get_u32(props, headers::DEFERRALS).unwrap_or(0),
+            published_at,
+            deadline,
+        })
+    }
+
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+}
+
+/// `x-expires-at`: RFC 3339, or unix seconds (integer or fractional).
+pub fn parse_deadline(raw: &str) -> Option<SystemTime> {
+    let raw = raw.trim();
+    if let Ok(secs) = raw.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(UNIX_EPOCH + Duration::from_secs_f64(secs));
+        }
+        return None;
+    }
+    humantime::parse_rfc3339_weak(raw)
+        .ok()
+        .or_else(|| parse_rfc3339_offset(raw))
+}
+
+/// RFC 3339 with a numeric offset (`+02:00`), which humantime does not take.
+fn parse_rfc3339_offset(raw: &str) -> Option<SystemTime> {
+    let split = raw.len().checked_sub(6)?;
+    let (local, offset) = raw.split_at(split);
+    let sign = match offset.as_bytes().first()? {
+        b'+' => 1i64,
+        b'-' => -1i64,
+        _ => return None,
+    };
+    let hours: i64 = offset.get(1..3)?.parse().ok()?;
+    let minutes: i64 = offset.get(4..6)?.parse().ok()?;
+    if offset.as_bytes().get(3) != Some(&b':') {
+        return None;
+    }
+    let base = humantime::parse_rfc3339_weak(local).ok()?;
+    let shift = Duration::from_secs(u64::try_from((hours * 3600 + minutes * 60).abs()).ok()?);
+    // local time = UTC + offset, so UTC = local - offset.
+    if sign > 0 {
+        base.checked_sub(shift)
+    } else {
+        base.checked_add(shift)
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+struct Checked {
+    from: Option<String>,
+    sender: SenderClass,
+    kind: MessageKind,
+    parts: u32,
+}
+
+fn optional_str<'a>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, Rejection> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(other) => Err(Rejection::invalid(format!(
+            "`{field}` must be a string, got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+/// The request-body rules, from Telnyx's field descriptions (telnyx-facts.md).
+fn validate(obj: &Map<String, Value>) -> Result<Checked, Rejection> {
+    let to = optional_str(obj, "to")?.ok_or_else(|| Rejection::invalid("`to` is required"))?;
+    if !is_e164(to) {
+        return Err(Rejection::invalid(format!(
+            "`to` must be an E.164 number like +15551234567, got {:?}",
+            truncate(to)
+        )));
+    }
+    let profile = optional_str(obj, "messaging_profile_id")?.filter(|s| !s.trim().is_empty());
+    let from = optional_str(obj, "from")?.filter(|s| !s.is_empty());
+    let sender = match from {
+        Some(f) => classify_sender(f).ok_or_else(|| {
+            Rejection::invalid(format!(
+                "`from` must be an E.164 number, a short code or an alphanumeric sender ID, got {:?}",
+                truncate(f)
+            ))
+        })?,
+        None if profile.is_some() => SenderClass::Profile,
+        None => {
+            return Err(Rejection::invalid(
+                "`from` is required unless `messaging_profile_id` is given",
+            ));
+        }
+    };
+    let text = optional_str(obj, "text")?;
+    let media = match obj.get("media_urls") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            let mut urls = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) => urls.push(s.as_str()),
+                    other => {
+                        return Err(Rejection::invalid(format!(
+                            "`media_urls` must hold strings, found {}",
+                            type_name(other)
+                        )));
+                    }
+                }
+            }
+            urls
+        }
+        Some(other) => {
+            return Err(Rejection::invalid(format!(
+                "`media_urls` must be an array of strings, got {}",
+                type_name(other)
+            )));
+        }
+    };
+    if media.len() > MAX_MEDIA_URLS {
+        return Err(Rejection::invalid(format!(
+            "`media_urls` has {} entries; at most {MAX_MEDIA_URLS} are allowed",
+            media.len()
+        )));
+    }
+    for url in &media {
+        match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+            _ => {
+                return Err(Rejection::invalid(format!(
+                    "`media_urls` entries must be https URLs, got {:?}",
+                    truncate(url)
+                )));
+            }
+        }
+    }
+    let has_text = text.is_some_and(|t| !t.is_empty());
+    if !has_text && media.is_empty() {
+        return Err(Rejection::invalid("`text` or `media_urls` is required"));
+    }
+    let declared = optional_str(obj, "type")?;
+    let kind = match declared {
+        None => {
+            if media.is_empty() {
+                MessageKind::Sms
+            } else {
+                MessageKind::Mms
+            }
+        }
+        Some("SMS") if !media.is_empty() => {
+            return Err(Rejection::invalid("`type` is SMS but `media_urls` is set"));
+        }
+        Some("SMS") => MessageKind::Sms,
+        Some("MMS") => MessageKind::Mms,
+        Some(other) => {
+            return Err(Rejection::invalid(format!(
+                "`type` must be SMS or MMS, got {:?}",
+                truncate(other)
+            )));
+        }
+    };
+    let parts = match text {
+        Some(t) if !t.is_empty() => {
+            let seg = encoding::segments(t);
+            if kind == MessageKind::Sms && seg.parts > MAX_PARTS {
+                return Err(Rejection::invalid(format!(
+                    "`text` needs {} parts ({} {} units); at most {MAX_PARTS} are allowed",
+                    seg.parts,
+                    seg.units,
+                    match seg.encoding {
+                        encoding::Encoding::Gsm7 => "GSM-7",
+                        encoding::Encoding::Ucs2 => "UCS-2",
+                    }
+                )));
+            }
+            seg.parts
+        }
+        _ => 1,
+    };
+    Ok(Checked {
+        from: from.map(str::to_owned),
+        sender,
+        kind,
+        parts,
+    })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// `+` then 2 to 15 digits, the first not 0.
+pub fn is_e164(s: &str) -> bool {
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
+    (2..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// Area codes of NANP toll-free numbers.
+const TOLL_FREE_AREA_CODES: [&str; 7] = ["800", "833", "844", "855", "866", "877", "888"];
+
+/// Which pacing class a `from` belongs to, or `None` if it is no valid sender.
+pub fn classify_sender(from: &str) -> Option<SenderClass> {
+    if is_e164(from) {
+        let digits = &from[1..];
+        if digits.len() == 11
+            && digits.starts_with('1')
+            && TOLL_FREE_AREA_CODES.contains(&&digits[1..4])
+        {
+            return Some(SenderClass::TollFree);
+        }
+        return Some(SenderClass::LongCode);
+    }
+    if (5..=6).contains(&from.len()) && from.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(SenderClass::ShortCode);
+    }
+    // Alphanumeric sender ID: 1 to 11 characters of letters, digits and spaces,
+    // at least one letter.
+    let len = from.chars().count();
+    if (1..=11).contains(&len)
+        && from.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ')
+        && from.chars().any(|c| c.is_ascii_alphabetic())
+        && from.trim() == from
+    {
+        return Some(SenderClass::Alphanumeric);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::ShortString;
+
+    fn props(id: &str) -> BasicProperties {
+        BasicProperties::default().with_message_id(ShortString::from(id))
+    }
+
+    fn parse(body: &str) -> Result<Job, Rejection> {
+        Job::parse(body.as_bytes(), &props("job-1"), 1 << 20, None)
+    }
+
+    fn reason(body: &str) -> (RejectionKind, String) {
+        let r = parse(body).unwrap_err();
+        (r.kind, r.detail)
+    }
+
+    #[test]
+    fn a_plain_sms_is_valid() {
+        let j =
+            parse(r#"{"from":"+15551234567","to":"+15559876543","text":"Hello, world!"}"#).unwrap();
+        assert_eq!(j.id, "job-1");
+        assert_eq!(j.sender, SenderClass::LongCode);
+        assert_eq!(j.kind, MessageKind::Sms);
+        assert_eq!(j.parts, 1);
+        assert_eq!(j.attempt, 1);
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_in_the_forwarded_body() {
+        let body =
+            r#"{"from":"+15551234567","to":"+15559876543","text":"x","future_field":{"a":1}}"#;
+        let j = parse(body).unwrap();
+        assert_eq!(j.body, body.as_bytes());
+    }
+
+    #[test]
+    fn malformed_bodies_are_rejected_as_malformed() {
+        assert_eq!(reason("not json").0, RejectionKind::Malformed);
+        assert_eq!(reason("[1,2]").0, RejectionKind::Malformed);
+        assert_eq!(reason("\"str\"").0, RejectionKind::Malformed);
+        assert_eq!(reason("").0, RejectionKind::Malformed);
+        let bad_utf8 = [b'{', 0xff, 0xfe, b'}'];
+        let r = Job::parse(&bad_utf8, &props("j"), 1 << 20, None).unwrap_err();
+        assert_eq!(r.kind, RejectionKind::Malformed);
+        assert!(r.detail.contains("UTF-8"));
+        let big = vec![b' '; 5 * 1024 * 1024];
+        let r = Job::parse(&big, &props("j"), 262_144, None).unwrap_err();
+        assert_eq!(r.kind, RejectionKind::Malformed);
+        assert!(r.detail.contains("limit"));
+    }
+
+    #[test]
+    fn field_rules() {
+        let cases = [
+            (r#"{"from":"+15551234567","text":"x"}"#, "`to` is required"),
+            (
+                r#"{"from":"+15551234567","to":15559876543,"text":"x"}"#,
+                "`to` must be a string",
+            ),
+            (
+                r#"{"from":"+15551234567","to":"15559876543","text":"x"}"#,
+                "E.164",
+            ),
+            (
+                r#"{"from":"+15551234567","to":"+1 555 987","text":"x"}"#,
+                "E.164",
+            ),
+            (r#"{"to":"+15559876543","text":"x"}"#, "`from` is required"),
+            (
+                r#"{"from":"555-1234","to":"+15559876543","text":"x"}"#,
+                "`from` must be",
+            ),
+            (
+                r#"{"from":"+15551234567","to":"+15559876543"}"#,
+                "`text` or `media_urls`",
+            ),
+            (
+                r#"{"from":"+15551234567","to":"+15559876543","text":""}"#,
+                "`text` or `media_urls`",
+            ),
+            (
+                r#"{"from":"+15551234567","to":"+15559876543","text":5}"#,
+                "`text` must be a string",
+            ),
+            (
+                r#"{"from":"+15551234567","to":"+15559876543","media_urls":"https://a/b"}"#,
+                "array",
+            ),
+            (
+                r#"{"from":"+15551234567","to":"+15559876543","media_urls":["http://a.com/x.png"]}"#,
+                "https",
+            ),
+            (
+                r#"{"from":"+15551234567","to":"+15559876543","media_urls":[1]}"#,
+                "hold strings",
+            ),
+            (
+                r#"{"from":"+15551234567","to":"+15559876543","text":"x","type":"FAX"}"#,
+                "SMS or MMS",
+            ),
+        ];
+        for (body, want) in cases {
+            let (kind, detail) = reason(body);
+            assert_eq!(kind, RejectionKind::Validation, "{body}");
+            assert!(detail.contains(want), "{body}: {detail}");
+        }
+    }
+
+    #[test]
+    fn media_limits() {
+        let urls: Vec<String> = (0..11)
+            .map(|i| format!("\"https://m.example/{i}.png\""))
+            .collect();
+        let body = format!(
+            r#"{{"from":"+15551234567","to":"+15559876543","media_urls":[{}]}}"#,
+            urls.join(",")
+        );
+        assert!(reason(&body).1.contains("at most 10"));
+        let body = format!(
+            r#"{{"from":"+15551234567","to":"+15559876543","media_urls":[{}]}}"#,
+            urls[..10].join(",")
+        );
+        assert_eq!(parse(&body).unwrap().kind, MessageKind::Mms);
+    }
+
+    #[test]
+    fn text_length_follows_gsm7_and_ucs2_parts() {
+        let ok = format!(
+            r#"{{"from":"+15551234567","to":"+15559876543","text":"{}"}}"#,
+            "a".repeat(1530)
+        );
+        assert_eq!(parse(&ok).unwrap().parts, 10);
+        let long = format!(
+            r#"{{"from":"+15551234567","to":"+15559876543","text":"{}"}}"#,
+            "a".repeat(1531)
+        );
+        assert!(reason(&long).1.contains("11 parts"));
+        let uni = format!(
+            r#"{{"from":"+15551234567","to":"+15559876543","text":"{}"}}"#,
+            "✓".repeat(671)
+        );
+        assert!(reason(&uni).1.contains("UCS-2"));
+    }
+
+    #[test]
+    fn messaging_profile_replaces_from() {
+        let j = parse(r#"{"messaging_profile_id":"abc","to":"+15559876543","text":"x"}"#).unwrap();
+        assert_eq!(j.sender, SenderClass::Profile);
+        assert_eq!(j.from, None);
+    }
+
+    #[test]
+    fn sender_classes() {
+        assert_eq!(classify_sender("+18005550100"), Some(SenderClass::TollFree));
+        assert_eq!(classify_sender("+18885550100"), Some(SenderClass::TollFree));
+        assert_eq!(classify_sender("+18335550100"), Some(SenderClass::TollFree));
+        assert_eq!(classify_sender("+18015550100"), Some(SenderClass::LongCode));
+        assert_eq!(
+            classify_sender("+448005550100"),
+            Some(SenderClass::LongCode)
+        );
+        assert_eq!(classify_sender("12345"), Some(SenderClass::ShortCode));
+        assert_eq!(classify_sender("123456"), Some(SenderClass::ShortCode));
+        assert_eq!(classify_sender("1234"), None);
+        assert_eq!(classify_sender("1234567"), None);
+        assert_eq!(classify_sender("ACME"), Some(SenderClass::Alphanumeric));
+        assert_eq!(
+            classify_sender("Acme Shop 1"),
+            Some(SenderClass::Alphanumeric)
+        );
+        assert_eq!(classify_sender("TooLongSenderX"), None);
+        assert_eq!(classify_sender("bad!"), None);
+    }
+
+    #[test]
+    fn missing_job_id_is_a_validation_failure() {
+        let r = Job::parse(
+            br#"{"from":"+15551234567","to":"+15559876543","text":"x"}"#,
+            &BasicProperties::default(),
+            1 << 20,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(r.kind, RejectionKind::Validation);
+        assert!(r.detail.contains("message_id"));
+    }
+
+    #[test]
+    fn attempts_and_deadlines_come_from_headers() {
+        let p = headers::with_header(props("j"), headers::ATTEMPTS, headers::int(2));
+        let p = headers::with_header(
+            p,
+            headers::EXPIRES_AT,
+            headers::string("2030-01-01T00:00:00Z"),
+        );
+        let j = Job::parse(
+            br#"{"from":"+15551234567","to":"+15559876543","text":"x"}"#,
+            &p,
+            1 << 20,
+            None,
+        )
+        .unwrap();
+        assert_eq!(j.attempt, 3);
+        let d = j.deadline.unwrap();
+        assert_eq!(
+            d.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_893_456_000
+        );
+        assert!(!j.is_expired(UNIX_EPOCH + Duration::from_secs(1_893_455_999)));
+        assert!(j.is_expired(UNIX_EPOCH + Duration::from_secs(1_893_456_000)));
+    }
+
+    #[test]
+    fn deadline_formats() {
+        let secs =
+            |s: &str| parse_deadline(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs());
+        assert_eq!(secs("1893456000"), Some(1_893_456_000));
+        assert_eq!(secs("2030-01-01T00:00:00Z"), Some(1_893_456_000));
+        assert_eq!(secs("2030-01-01T02:00:00+02:00"), Some(1_893_456_000));
+        assert_eq!(secs("2029-12-31T22:00:00-02:00"), Some(1_893_456_000));
+        assert_eq!(secs("tomorrow"), None);
+        assert_eq!(secs("-5"), None);
+        let p = headers::with_header(props("j"), headers::EXPIRES_AT, headers::string("soon"));
+        let r = Job::parse(
+            br#"{"from":"+15551234567","to":"+15559876543","text":"x"}"#,
+            &p,
+            1 << 20,
+            None,
+        )
+        .unwrap_err();
+        assert!(r.detail.contains("x-expires-at"));
+    }
+
+    #[test]
+    fn max_age_counts_from_the_amqp_timestamp() {
+        let p = props("j").with_timestamp(1_000);
+        let j = Job::parse(
+            br#"{"from":"+15551234567","to":"+15559876543","text":"x"}"#,
+            &p,
+            1 << 20,
+            Some(Duration::from_secs(60)),
+        )
+        .unwrap();
+        assert_eq!(j.deadline, Some(UNIX_EPOCH + Duration::from_secs(1_060)));
+    }
+}

@@ -1,0 +1,306 @@
+//! Prometheus metrics. Labels are bounded: results, reasons, HTTP statuses,
+//! Telnyx error codes (5-digit numbers only), sender classes, attempt numbers,
+//! currencies. Never a phone number or a job id.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub jobs_consumed: IntCounter,
+    pub outcomes: IntCounterVec,
+    pub api_requests: IntCounterVec,
+    pub api_duration: Histogram,
+    pub end_to_end: Histogram,
+    pub retries: IntCounterVec,
+    pub limiter_rate: Gauge,
+    pub limiter_remaining: Gauge,
+    pub limiter_paused: IntGauge,
+    pub limiter_paused_until: Gauge,
+    pub pacing_deferrals: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub halted: IntGauge,
+    pub circuit_state: IntGauge,
+    pub message_parts: IntCounter,
+    pub cost: prometheus::CounterVec,
+    pub broker_connected: IntGauge,
+    pub consuming: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    // Names are fixed and unique, so registration cannot fail; if it ever did,
+    // the metric still works, it is just not exported.
+    let _ = r.register(Box::new(m.clone()));
+    m
+}
+
+/// Result label values of `send_worker_outcomes_total`.
+pub mod result {
+    pub const SENT: &str = "sent";
+    pub const RETRIED: &str = "retried";
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    pub const EXPIRED: &str = "expired";
+    pub const SUPPRESSED: &str = "suppressed";
+    pub const REQUEUED: &str = "requeued";
+    pub const DEFERRED: &str = "deferred";
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let p = "send_worker_";
+        let counter = |name: &str, help: &str| {
+            IntCounter::with_opts(Opts::new(format!("{p}{name}"), help)).expect("valid metric")
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(format!("{p}{name}"), help), labels).expect("valid metric")
+        };
+        let gauge = |name: &str, help: &str| {
+            Gauge::with_opts(Opts::new(format!("{p}{name}"), help)).expect("valid metric")
+        };
+        let igauge = |name: &str, help: &str| {
+            IntGauge::with_opts(Opts::new(format!("{p}{name}"), help)).expect("valid metric")
+        };
+        let latency_buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let e2e_buckets = vec![
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+        ];
+
+        let build = GaugeVec::new(
+            Opts::new(format!("{p}build_info"), "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        let _ = r.register(Box::new(build));
+
+        Self {
+            jobs_consumed: reg(
+                &r,
+                counter(
+                    "jobs_consumed_total",
+                    "Deliveries taken from the work queue.",
+                ),
+            ),
+            outcomes: reg(
+                &r,
+                counter_vec(
+                    "outcomes_total",
+                    "What became of each delivery, by result and reason.",
+                    &["result", "reason"],
+                ),
+            ),
+            api_requests: reg(
+                &r,
+                counter_vec(
+                    "api_requests_total",
+                    "Telnyx API requests by HTTP status (or \"transport\") and Telnyx error code.",
+                    &["status", "code"],
+                ),
+            ),
+            api_duration: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        format!("{p}api_request_duration_seconds"),
+                        "Telnyx API request latency.",
+                    )
+                    .buckets(latency_buckets),
+                )
+                .expect("valid metric"),
+            ),
+            end_to_end: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        format!("{p}end_to_end_seconds"),
+                        "From the job's AMQP timestamp to the API accepting it.",
+                    )
+                    .buckets(e2e_buckets),
+                )
+                .expect("valid metric"),
+            ),
+            retries: reg(
+                &r,
+                counter_vec(
+                    "retries_total",
+                    "Retries scheduled, by the attempt that failed.",
+                    &["attempt"],
+                ),
+            ),
+            limiter_rate: reg(
+                &r,
+                gauge(
+                    "limiter_rate",
+                    "API requests per second the limiter allows now.",
+                ),
+            ),
+            limiter_remaining: reg(
+                &r,
+                gauge(
+                    "limiter_remaining",
+                    "The last x-ratelimit-remaining the API sent.",
+                ),
+            ),
+            limiter_paused: reg(
+                &r,
+                igauge("limiter_paused", "1 while a 429 pauses all sending."),
+            ),
+            limiter_paused_until: reg(
+                &r,
+                gauge(
+                    "limiter_paused_until_seconds",
+                    "Unix time the current 429 pause ends (0: none).",
+                ),
+            ),
+            pacing_deferrals: reg(
+                &r,
+                counter_vec(
+                    "pacing_deferrals_total",
+                    "Jobs deferred through the broker because their sender was paced.",
+                    &["sender_class"],
+                ),
+            ),
+            in_flight: reg(&r, igauge("requests_in_flight", "API requests in flight.")),
+            halted: reg(
+                &r,
+                igauge("halted", "1 while an account-wide fault halts the worker."),
+            ),
+            circuit_state: reg(
+                &r,
+                igauge(
+                    "circuit_state",
+                    "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+                ),
+            ),
+            message_parts: reg(
+                &r,
+                counter("message_parts_total", "SMS parts the API accepted."),
+            ),
+            cost: reg(
+                &r,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        format!("{p}cost_total"),
+                        "Cost the API reported, by currency.",
+                    ),
+                    &["currency"],
+                )
+                .expect("valid metric"),
+            ),
+            broker_connected: reg(
+                &r,
+                igauge("broker_connected", "1 while connected to RabbitMQ."),
+            ),
+            consuming: reg(&r, igauge("consuming", "1 while consuming the work queue.")),
+            registry: r,
+        }
+    }
+
+    pub fn outcome(&self, result: &str, reason: &str) {
+        self.outcomes.with_label_values(&[result, reason]).inc();
+    }
+
+    /// Record one API request's status and code.
+    pub fn api_request(&self, status: Option<u16>, code: Option<&str>, seconds: Option<f64>) {
+        let status = status.map_or_else(|| "transport".to_owned(), |s| s.to_string());
+        let code = match code {
+            Some(c) if c.len() == 5 && c.bytes().all(|b| b.is_ascii_digit()) => c,
+            Some(_) => "other",
+            None => "none",
+        };
+        self.api_requests.with_label_values(&[&status, code]).inc();
+        if let Some(s) = seconds {
+            self.api_duration.observe(s);
+        }
+    }
+
+    /// Currencies are three ASCII letters; anything else is "other".
+    pub fn cost(&self, amount: f64, currency: &str) {
+        let c = if currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+            currency.to_ascii_uppercase()
+        } else {
+            "other".to_owned()
+        };
+        if amount.is_finite() && amount >= 0.0 {
+            self.cost.with_label_values(&[&c]).inc_by(amount);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exported_with_the_prefix() {
+        let m = Metrics::new();
+        m.outcome(result::SENT, "ok");
+        m.api_request(Some(200), None, Some(0.01));
+        m.api_request(None, None, None);
+        m.api_request(Some(400), Some("+15551234567"), None);
+        m.retries.with_label_values(&["1"]).inc();
+        m.pacing_deferrals.with_label_values(&["toll_free"]).inc();
+        m.cost(0.0051, "usd");
+        m.cost(1.0, "+15551234567");
+        let text = m.render();
+        for family in [
+            "send_worker_build_info",
+            "send_worker_jobs_consumed_total",
+            "send_worker_outcomes_total",
+            "send_worker_api_requests_total",
+            "send_worker_api_request_duration_seconds",
+            "send_worker_end_to_end_seconds",
+            "send_worker_retries_total",
+            "send_worker_limiter_rate",
+            "send_worker_limiter_remaining",
+            "send_worker_limiter_paused",
+            "send_worker_limiter_paused_until_seconds",
+            "send_worker_pacing_deferrals_total",
+            "send_worker_requests_in_flight",
+            "send_worker_halted",
+            "send_worker_circuit_state",
+            "send_worker_message_parts_total",
+            "send_worker_cost_total",
+            "send_worker_broker_connected",
+            "send_worker_consuming",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} missing"
+            );
+        }
+        assert!(text.contains(r#"status="transport""#));
+        assert!(text.contains(r#"currency="USD""#));
+        assert!(!text.contains("+1555"), "no phone numbers in labels");
+    }
+}

@@ -1,0 +1,249 @@
+//! The runner: connects, declares the topology, consumes, spawns one task
+//! per delivery, and supervises the whole thing. It reconnects with backoff
+//! when the broker goes away, stops consuming on an account-wide halt (and
+//! probes until the account works again), and drains on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::broker::{self, BrokerError, Publisher, Topology};
+use crate::config::Settings;
+use crate::limiter::RateControl;
+use crate::metrics::Metrics;
+use crate::pipeline::{JobSignals, Pipeline, Settled};
+use crate::retry::Backoff;
+use crate::state::WorkerState;
+use crate::telnyx::TelnyxClient;
+
+/// Seconds between halt probes.
+const HALT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The parts of a worker that outlive one broker session.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub settings: Arc<Settings>,
+    pub api: TelnyxClient,
+    pub metrics: Metrics,
+    pub state: Arc<WorkerState>,
+    pub limiter: Arc<RateControl>,
+    pub halt_probe_interval: Duration,
+}
+
+enum SessionEnd {
+    Shutdown,
+    Halted,
+}
+
+impl Worker {
+    pub fn new(settings: Settings, api: TelnyxClient, metrics: Metrics) -> Self {
+        let state = Arc::new(WorkerState::new(metrics.clone()));
+        let limiter = Arc::new(RateControl::new(
+            &settings.limiter,
+            &settings.pacing,
+            metrics.clone(),
+        ));
+        Self {
+            settings: Arc::new(settings),
+            api,
+            metrics,
+            state,
+            limiter,
+            halt_probe_interval: HALT_PROBE_INTERVAL,
+        }
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::new(
+            &self.settings.amqp,
+            &Backoff::from_settings(&self.settings.retry),
+        )
+    }
+
+    /// Run until `shutdown` is cancelled. Broker failures are retried forever
+    /// (with the reason logged each time); only shutdown ends it.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BrokerError> {
+        let max = Duration::from_secs(self.settings.amqp.reconnect_max_secs.max(1));
+        let mut delay = Duration::from_secs(1);
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            match self.session(&shutdown).await {
+                Ok(SessionEnd::Shutdown) => return Ok(()),
+                Ok(SessionEnd::Halted) => {
+                    delay = Duration::from_secs(1);
+                    if !self.wait_out_halt(&shutdown).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    self.state.set_connected(false);
+                    self.state.set_consuming(false);
+                    error!(error = %e, retry_in_s = delay.as_secs(), "broker session failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(max);
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(lapin::Connection, Publisher), BrokerError> {
+        let conn = broker::connect(&self.settings.amqp.url, "send-worker").await?;
+        if self.settings.amqp.declare_topology {
+            let ch = conn.create_channel().await?;
+            self.topology().declare(&ch).await?;
+            let _ = ch.close(200, "declared".into()).await;
+        }
+        let publisher = Publisher::new(&conn).await?;
+        Ok((conn, publisher))
+    }
+
+    fn pipeline(&self, publisher: Publisher) -> Pipeline {
+        let w = &self.settings.worker;
+        Pipeline {
+            topology: self.topology(),
+            backoff: Backoff::from_settings(&self.settings.retry),
+            api: self.api.clone(),
+            limiter: self.limiter.clone(),
+            metrics: self.metrics.clone(),
+            state: self.state.clone(),
+            publisher,
+            in_flight: Arc::new(Semaphore::new(self.settings.telnyx.max_in_flight)),
+            max_body_bytes: w.max_body_bytes,
+            max_age: (w.max_age_secs > 0).then(|| Duration::from_secs(w.max_age_secs)),
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> Result<SessionEnd, BrokerError> {
+        let (conn, publisher) = self.connect().await?;
+        self.state.set_connected(true);
+        let pipeline = Arc::new(self.pipeline(publisher));
+        let channel = conn.create_channel().await?;
+        channel
+            .basic_qos(self.settings.amqp.prefetch, BasicQosOptions::default())
+            .await?;
+        let tag = format!("send-worker-{}", uuid::Uuid::new_v4());
+        let mut consumer = channel
+            .basic_consume(
+                self.settings.amqp.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.state.set_consuming(true);
+        info!(queue = %self.settings.amqp.queue, prefetch = self.settings.amqp.prefetch, "consuming");
+
+        let signals = JobSignals {
+            cancel: shutdown.child_token(),
+            halt: CancellationToken::new(),
+        };
+        let tracker = TaskTracker::new();
+        let end: Result<SessionEnd, BrokerError> = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(SessionEnd::Shutdown),
+                _ = signals.halt.cancelled() => break Ok(SessionEnd::Halted),
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let p = pipeline.clone();
+                        let s = signals.clone();
+                        tracker.spawn(async move { p.handle(delivery, &s).await });
+                    }
+                    Some(Err(e)) => break Err(e.into()),
+                    None => break Err(BrokerError::Amqp(lapin::ErrorKind::InvalidChannelState(
+                        lapin::ChannelState::Closed, "consumer stream ended").into())),
+                },
+            }
+        };
+
+        // Stop taking deliveries, requeue what has not started, and give the
+        // requests in flight the grace period to finish.
+        self.state.set_consuming(false);
+        if matches!(end, Ok(SessionEnd::Shutdown)) {
+            self.state.set_draining(true);
+            info!("draining: no new jobs; waiting for requests in flight");
+        }
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        signals.cancel.cancel();
+        tracker.close();
+        let grace = self.settings.shutdown_grace();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                grace_s = grace.as_secs(),
+                "requests still in flight after the grace period; the broker will redeliver them"
+            );
+        }
+        // Closing the channel returns every delivery still unacked (prefetched,
+        // never started) to the queue.
+        let _ = channel.close(200, "bye".into()).await;
+        let _ = conn.close(200, "bye".into()).await;
+        self.state.set_connected(false);
+        self.state.set_draining(false);
+        end
+    }
+
+    /// While halted, take one job every interval and send it as a probe. The
+    /// first probe that is not itself an account-wide failure ends the halt.
+    /// Returns false on shutdown.
+    async fn wait_out_halt(&self, shutdown: &CancellationToken) -> bool {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(self.halt_probe_interval) => {}
+            }
+            match self.probe(shutdown).await {
+                Ok(true) => {
+                    if self.state.resume() {
+                        info!("probe succeeded: the account works again; resuming");
+                    }
+                    return true;
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "halt probe could not reach the broker"),
+            }
+        }
+    }
+
+    /// One probe. Ok(true): resume. Ok(false): still halted.
+    async fn probe(&self, shutdown: &CancellationToken) -> Result<bool, BrokerError> {
+        let (conn, publisher) = self.connect().await?;
+        let pipeline = self.pipeline(publisher);
+        let channel = conn.create_channel().await?;
+        let got = channel
+            .basic_get(
+                self.settings.amqp.queue.as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await?;
+        let result = match got {
+            // An empty queue proves nothing either way; resume and let real
+            // jobs show whether the account works.
+            None => true,
+            Some(message) => {
+                let signals = JobSignals {
+                    cancel: shutdown.child_token(),
+                    halt: CancellationToken::new(),
+                };
+                let settled = pipeline.handle(message.delivery, &signals).await;
+                settled != Settled::Halted
+            }
+        };
+        let _ = channel.close(200, "probe done".into()).await;
+        let _ = conn.close(200, "probe done".into()).await;
+        Ok(result)
+    }
+}
