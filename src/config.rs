@@ -39,6 +39,7 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub limiter: LimiterSettings,
     pub pacing: PacingSettings,
+    pub circuit: CircuitSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
 }
@@ -77,6 +78,18 @@ pub struct WorkerSettings {
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
     pub max_age_secs: u64,
+    pub halt_probe_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitSettings {
+    pub enabled: bool,
+    pub window_ms: u64,
+    pub min_failures: u32,
+    pub failure_ratio: f64,
+    pub cool_down_ms: u64,
+    pub max_cool_down_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,6 +295,25 @@ impl Settings {
             .find(|(_, v)| !(**v >= 0.0 && v.is_finite()))
         {
             return Err(invalid("pacing.numbers", format!("rate {v} must be >= 0")));
+        }
+        let c = &self.circuit;
+        if !(c.failure_ratio > 0.0 && c.failure_ratio <= 1.0) {
+            return Err(invalid("circuit.failure_ratio", "must be in (0, 1]"));
+        }
+        if c.min_failures == 0 || c.window_ms == 0 || c.cool_down_ms == 0 {
+            return Err(invalid(
+                "circuit.min_failures",
+                "min_failures, window_ms and cool_down_ms must be positive",
+            ));
+        }
+        if c.max_cool_down_ms < c.cool_down_ms {
+            return Err(invalid(
+                "circuit.max_cool_down_ms",
+                "must be at least circuit.cool_down_ms",
+            ));
+        }
+        if self.worker.halt_probe_secs == 0 {
+            return Err(invalid("worker.halt_probe_secs", "must be at least 1"));
         }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(

@@ -6,6 +6,7 @@
 //! it is [`worker::Worker::run`].
 
 pub mod broker;
+pub mod circuit;
 pub mod config;
 pub mod demo;
 pub mod encoding;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::broker::{Publisher, Topology};
+use crate::circuit::{CircuitBreaker, Signal};
 use crate::headers;
 use crate::job::{self, Job, Rejection, RejectionKind};
 use crate::limiter::{Admission, RateControl};
@@ -208,6 +209,7 @@ pub struct Pipeline {
     pub backoff: Backoff,
     pub api: TelnyxClient,
     pub limiter: Arc<RateControl>,
+    pub circuit: Arc<CircuitBreaker>,
     pub metrics: Metrics,
     pub state: Arc<WorkerState>,
     pub publisher: Publisher,
@@ -275,29 +277,42 @@ impl Pipeline {
         if job.is_expired(SystemTime::now()) {
             return expired_disposition(job);
         }
+        // While the circuit is open, jobs wait here: unsent and uncharged.
+        let Some(pass) = self.circuit.admit(&signals.cancel).await else {
+            return Disposition::Requeue { halt: None };
+        };
+        let (disposition, signal) = self.send(job, signals).await;
+        self.circuit.record(pass, signal);
+        disposition
+    }
+
+    /// Pace, send and classify. The signal tells the circuit breaker what
+    /// the answer says about the API's health.
+    async fn send(&self, job: &Job, signals: &JobSignals) -> (Disposition, Signal) {
+        let neutral = |d| (d, Signal::Neutral);
         match self.limiter.admit(job, &signals.cancel).await {
             Admission::Go => {}
-            Admission::Cancelled => return Disposition::Requeue { halt: None },
+            Admission::Cancelled => return neutral(Disposition::Requeue { halt: None }),
             Admission::Defer(delay) => {
-                return Disposition::Retry {
+                return neutral(Disposition::Retry {
                     kind: RetryKind::Paced,
                     delay,
                     attempts_made: job.attempt.saturating_sub(1),
                     bounces: job.rate_limit_bounces,
                     deferrals: job.deferrals + 1,
                     failure: None,
-                };
+                });
             }
         }
         // Waiting may have taken a while: check the deadline again.
         if job.is_expired(SystemTime::now()) {
-            return expired_disposition(job);
+            return neutral(expired_disposition(job));
         }
         let permit = tokio::select! {
-            _ = signals.cancel.cancelled() => return Disposition::Requeue { halt: None },
+            _ = signals.cancel.cancelled() => return neutral(Disposition::Requeue { halt: None }),
             p = self.in_flight.clone().acquire_owned() => match p {
                 Ok(p) => p,
-                Err(_) => return Disposition::Requeue { halt: None },
+                Err(_) => return neutral(Disposition::Requeue { halt: None }),
             },
         };
         self.metrics.in_flight.inc();
@@ -327,7 +342,11 @@ impl Pipeline {
             self.state.set_paused(false);
         }
         debug!(?outcome, "API answered");
-        decide(job, outcome, &self.backoff, rand::random::<f64>())
+        let signal = Signal::of(&outcome);
+        (
+            decide(job, outcome, &self.backoff, rand::random::<f64>()),
+            signal,
+        )
     }
 
     /// Carry out a disposition: publish what replaces the delivery, wait for

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::broker::{self, BrokerError, Publisher, Topology};
+use crate::circuit::CircuitBreaker;
 use crate::config::Settings;
 use crate::limiter::RateControl;
 use crate::metrics::Metrics;
@@ -22,9 +23,6 @@ use crate::pipeline::{JobSignals, Pipeline, Settled};
 use crate::retry::Backoff;
 use crate::state::WorkerState;
 use crate::telnyx::TelnyxClient;
-
-/// Seconds between halt probes.
-const HALT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The parts of a worker that outlive one broker session.
 #[derive(Debug, Clone)]
@@ -34,6 +32,7 @@ pub struct Worker {
     pub metrics: Metrics,
     pub state: Arc<WorkerState>,
     pub limiter: Arc<RateControl>,
+    pub circuit: Arc<CircuitBreaker>,
     pub halt_probe_interval: Duration,
 }
 
@@ -50,13 +49,16 @@ impl Worker {
             &settings.pacing,
             metrics.clone(),
         ));
+        let circuit = Arc::new(CircuitBreaker::new(settings.circuit.clone(), state.clone()));
+        let halt_probe_interval = Duration::from_secs(settings.worker.halt_probe_secs);
         Self {
             settings: Arc::new(settings),
             api,
             metrics,
             state,
             limiter,
-            halt_probe_interval: HALT_PROBE_INTERVAL,
+            circuit,
+            halt_probe_interval,
         }
     }
 
@@ -116,6 +118,7 @@ impl Worker {
             backoff: Backoff::from_settings(&self.settings.retry),
             api: self.api.clone(),
             limiter: self.limiter.clone(),
+            circuit: self.circuit.clone(),
             metrics: self.metrics.clone(),
             state: self.state.clone(),
             publisher,
