@@ -68,6 +68,11 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         timeout_secs: u64,
     },
+    /// Inspect, replay and purge the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        cmd: send_worker::dlq::DlqCommand,
+    },
 }
 
 fn init_logging(settings: Option<&Settings>) {
@@ -191,6 +196,12 @@ async fn main() -> anyhow::Result<()> {
             let report =
                 send_worker::demo::run(settings, jobs, Duration::from_secs(timeout_secs)).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::Dlq { cmd } => {
+            let settings = settings?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            send_worker::dlq::run(&settings, cmd, &mut out).await?;
             Ok(())
         }
     }

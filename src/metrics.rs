@@ -54,8 +54,43 @@ pub mod result {
     pub const DEFERRED: &str = "deferred";
 }
 
+/// Label values that are created at zero at start, so dashboards and alerts
+/// see every series from the first scrape (rate() over a missing series is empty).
+const KNOWN_OUTCOMES: [(&str, &str); 14] = [
+    (result::SENT, "ok"),
+    (result::RETRIED, "transient"),
+    (result::RETRIED, "rate_limited"),
+    (result::DEFERRED, "paced"),
+    (result::DEAD_LETTERED, "permanent"),
+    (result::DEAD_LETTERED, "validation"),
+    (result::DEAD_LETTERED, "malformed"),
+    (result::DEAD_LETTERED, "attempts_exhausted"),
+    (result::EXPIRED, "expired"),
+    (result::SUPPRESSED, "duplicate"),
+    (result::REQUEUED, "account_halt"),
+    (result::REQUEUED, "shutdown"),
+    (result::REQUEUED, "publish_failed"),
+    (result::DEAD_LETTERED, "delivery_limit"),
+];
+
 impl Metrics {
     pub fn new() -> Self {
+        let m = Self::uninitialized();
+        for (r, reason) in KNOWN_OUTCOMES {
+            m.outcomes.with_label_values(&[r, reason]);
+        }
+        for class in ["long_code", "toll_free", "short_code", "alphanumeric", "profile"] {
+            m.pacing_deferrals.with_label_values(&[class]);
+        }
+        for attempt in 1..=4 {
+            m.retries.with_label_values(&[&attempt.to_string()]);
+        }
+        m.api_requests.with_label_values(&["200", "none"]);
+        m.cost.with_label_values(&["USD"]);
+        m
+    }
+
+    fn uninitialized() -> Self {
         let r = Registry::new();
         let p = "send_worker_";
         let counter = |name: &str, help: &str| {

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test suite. Needs RabbitMQ on 127.0.0.1:5672 (guest/guest); .ci/run
+# starts it when it is not running. Python 3 with `pika` runs the outside
+# producer acceptance test (a virtualenv at .venv is used when present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Unit and integration tests (in parallel).
+cargo nextest run --no-fail-fast
+
+# The broker-restart test stops and starts RabbitMQ, so it runs alone.
+if [ -f tests/broker_restart.rs ]; then
+  SEND_WORKER_TEST_BROKER_RESTART=1 cargo nextest run --test broker_restart --no-fail-fast
+fi
+
+# Issue #2's acceptance: an outside producer (Python pika) publishes 2,000 jobs.
+if [ -f tests/acceptance/pika_acceptance.py ]; then
+  PY=python3
+  [ -x .venv/bin/python ] && PY=.venv/bin/python
+  "$PY" tests/acceptance/pika_acceptance.py --bin target/debug/send-worker
+fi

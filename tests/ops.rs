@@ -1,0 +1,95 @@
+//! The ops endpoints of a real running worker: /healthz, /readyz and a
+//! /metrics scrape that must export every family in deploy/metrics-contract.txt.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{TestEnv, sms, wait_for};
+use send_worker::simulator::SimConfig;
+use tokio_util::sync::CancellationToken;
+
+fn contract() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/metrics-contract.txt");
+    std::fs::read_to_string(path)
+        .expect("deploy/metrics-contract.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() {
+    let env = TestEnv::new("ops", SimConfig::default(), |_| {}).await;
+    let worker = env.worker();
+    let stop = CancellationToken::new();
+    let (addr, server) = send_worker::http::serve(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        worker.metrics.clone(),
+        worker.state.clone(),
+        stop.clone(),
+    )
+    .await
+    .expect("bind");
+    let client = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let c = client.clone();
+        async move {
+            let r = c
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .expect("request");
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+    };
+
+    // Before the worker connects: alive, not ready, and it says why.
+    assert_eq!(get("/healthz").await.0, 200);
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 503);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("readyz is JSON");
+    assert_eq!(v["ready"], false);
+    assert!(v["reasons"].to_string().contains("not connected"), "{body}");
+
+    env.publish("m-ok", &sms("+15559876543", "ok")).await;
+    env.publish("m-bad", &sms("+19990000403", "blocked")).await;
+    env.publish("m-flaky", &sms("+19990000503", "flaky")).await;
+    let running = env.start_worker(worker.clone());
+    wait_for("ready", Duration::from_secs(20), || async { get("/readyz").await.0 == 200 }).await;
+    let v: serde_json::Value = serde_json::from_str(&get("/readyz").await.1).expect("JSON");
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["consuming"], true);
+    wait_for("2 sends", Duration::from_secs(20), || async { env.sim.stats().accepted >= 2 }).await;
+
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    for family in contract() {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} is in deploy/metrics-contract.txt but not in a real scrape"
+        );
+    }
+    for line in [
+        r#"send_worker_outcomes_total{reason="ok",result="sent"} 2"#,
+        r#"send_worker_outcomes_total{reason="permanent",result="dead_lettered"} 1"#,
+        "send_worker_consuming 1",
+        "send_worker_broker_connected 1",
+        "send_worker_jobs_consumed_total",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(!text.contains(common::API_KEY), "the API key must never reach /metrics");
+    assert!(!text.contains("+1999"), "no phone numbers in labels");
+
+    running.stop().await;
+    let v: serde_json::Value = serde_json::from_str(&get("/readyz").await.1).expect("JSON");
+    assert_eq!(v["ready"], false, "not ready after stopping");
+    stop.cancel();
+    let _ = server.await;
+    env.cleanup().await;
+}
