@@ -1440,3 +1440,79 @@ fn promtool_accepts_rules_config_and_dashboard_queries() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// deploy/rabbitmq/definitions.json must declare exactly what the worker
+/// declares, or the worker's own declare fails with PRECONDITION_FAILED.
+#[test]
+fn definitions_match_the_topology_the_worker_declares() {
+    use lapin::types::{AMQPValue, FieldTable};
+    use send_worker::broker::Topology;
+    use send_worker::config::Settings;
+    use send_worker::retry::Backoff;
+
+    fn to_json(t: &FieldTable) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in t.inner() {
+            let v = match v {
+                AMQPValue::LongString(s) => {
+                    serde_json::Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                AMQPValue::LongLongInt(i) => serde_json::Value::from(*i),
+                other => panic!("unexpected argument type {other:?}"),
+            };
+            m.insert(k.as_str().to_owned(), v);
+        }
+        serde_json::Value::Object(m)
+    }
+
+    let settings = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
+    let topology = Topology::new(&settings.amqp, &Backoff::from_settings(&settings.retry));
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/rabbitmq/definitions.json"
+    );
+    let defs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("definitions.json"))
+            .expect("JSON");
+    let queues = defs["queues"].as_array().expect("queues");
+    let args_of = |name: &str| {
+        queues
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from definitions.json"))["arguments"]
+            .clone()
+    };
+    assert_eq!(
+        args_of(&topology.queue),
+        to_json(&topology.work_queue_args())
+    );
+    assert_eq!(
+        args_of(&topology.dead_letter_queue),
+        to_json(&topology.dead_letter_queue_args())
+    );
+    for tier in &topology.tiers {
+        assert_eq!(
+            args_of(&topology.tier_queue(tier)),
+            to_json(&topology.tier_queue_args()),
+            "{}",
+            topology.tier_queue(tier)
+        );
+    }
+    assert_eq!(
+        queues.len(),
+        topology.queues().len(),
+        "no queue the worker does not declare"
+    );
+    let bindings = defs["bindings"].as_array().expect("bindings");
+    for tier in &topology.tiers {
+        assert!(
+            bindings
+                .iter()
+                .any(|b| b["destination"] == topology.tier_queue(tier).as_str()
+                    && b["routing_key"] == topology.tier_routing_key(tier).as_str()
+                    && b["source"] == topology.exchange.as_str()),
+            "binding for {}",
+            topology.tier_queue(tier)
+        );
+    }
+}
