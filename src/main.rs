@@ -191,7 +191,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { jobs, timeout_secs } => {
-            let settings = settings?;
+            let mut settings = settings?;
+            // The demo's output is its summary; per-job warnings would bury it.
+            if std::env::var_os("SEND_WORKER__LOG__LEVEL").is_none() {
+                settings.log.level = "error".into();
+            }
             init_logging(Some(&settings));
             let report =
                 send_worker::demo::run(settings, jobs, Duration::from_secs(timeout_secs)).await?;

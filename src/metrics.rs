@@ -79,7 +79,13 @@ impl Metrics {
         for (r, reason) in KNOWN_OUTCOMES {
             m.outcomes.with_label_values(&[r, reason]);
         }
-        for class in ["long_code", "toll_free", "short_code", "alphanumeric", "profile"] {
+        for class in [
+            "long_code",
+            "toll_free",
+            "short_code",
+            "alphanumeric",
+            "profile",
+        ] {
             m.pacing_deferrals.with_label_values(&[class]);
         }
         for attempt in 1..=4 {

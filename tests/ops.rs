@@ -60,11 +60,17 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
     env.publish("m-bad", &sms("+19990000403", "blocked")).await;
     env.publish("m-flaky", &sms("+19990000503", "flaky")).await;
     let running = env.start_worker(worker.clone());
-    wait_for("ready", Duration::from_secs(20), || async { get("/readyz").await.0 == 200 }).await;
+    wait_for("ready", Duration::from_secs(20), || async {
+        get("/readyz").await.0 == 200
+    })
+    .await;
     let v: serde_json::Value = serde_json::from_str(&get("/readyz").await.1).expect("JSON");
     assert_eq!(v["ready"], true);
     assert_eq!(v["consuming"], true);
-    wait_for("2 sends", Duration::from_secs(20), || async { env.sim.stats().accepted >= 2 }).await;
+    wait_for("2 sends", Duration::from_secs(20), || async {
+        env.sim.stats().accepted >= 2
+    })
+    .await;
 
     let (status, text) = get("/metrics").await;
     assert_eq!(status, 200);
@@ -83,7 +89,10 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
-    assert!(!text.contains(common::API_KEY), "the API key must never reach /metrics");
+    assert!(
+        !text.contains(common::API_KEY),
+        "the API key must never reach /metrics"
+    );
     assert!(!text.contains("+1999"), "no phone numbers in labels");
 
     running.stop().await;
