@@ -221,30 +221,45 @@ impl Worker {
         }
     }
 
-    /// One probe. Ok(true): resume. Ok(false): still halted.
+    /// One probe round. Ok(true): resume. Ok(false): still halted.
+    ///
+    /// Jobs are taken one at a time with basic.get and sent through the
+    /// normal pipeline. A sent job proves the account works; a job halted
+    /// again proves it does not. Anything else (an invalid job, a permanent
+    /// or transient failure) is settled normally and says nothing about the
+    /// account, so the next job is tried, up to a bound. An empty queue
+    /// resumes: real jobs will show whether the account works.
     async fn probe(&self, shutdown: &CancellationToken) -> Result<bool, BrokerError> {
+        const MAX_JOBS_PER_PROBE: usize = 20;
         let (conn, publisher) = self.connect().await?;
         let pipeline = self.pipeline(publisher);
         let channel = conn.create_channel().await?;
-        let got = channel
-            .basic_get(
-                self.settings.amqp.queue.as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await?;
-        let result = match got {
-            // An empty queue proves nothing either way; resume and let real
-            // jobs show whether the account works.
-            None => true,
-            Some(message) => {
-                let signals = JobSignals {
-                    cancel: shutdown.child_token(),
-                    halt: CancellationToken::new(),
-                };
-                let settled = pipeline.handle(message.delivery, &signals).await;
-                settled != Settled::Halted
+        let mut result = false;
+        for _ in 0..MAX_JOBS_PER_PROBE {
+            let got = channel
+                .basic_get(
+                    self.settings.amqp.queue.as_str().into(),
+                    BasicGetOptions::default(),
+                )
+                .await?;
+            let Some(message) = got else {
+                result = true;
+                break;
+            };
+            let signals = JobSignals {
+                cancel: shutdown.child_token(),
+                halt: CancellationToken::new(),
+            };
+            match pipeline.handle(message.delivery, &signals).await {
+                Settled::Sent => {
+                    result = true;
+                    break;
+                }
+                Settled::Halted | Settled::Failed => break,
+                Settled::Requeued => break, // shutdown
+                Settled::Retried | Settled::DeadLettered => {}
             }
-        };
+        }
         let _ = channel.close(200, "probe done".into()).await;
         let _ = conn.close(200, "probe done".into()).await;
         Ok(result)
