@@ -9,6 +9,7 @@ pub mod broker;
 pub mod circuit;
 pub mod config;
 pub mod demo;
+pub mod dlq;
 pub mod encoding;
 pub mod headers;
 pub mod http;
