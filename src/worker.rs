@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions};
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -178,9 +180,6 @@ impl Worker {
             self.state.set_draining(true);
             info!("draining: no new jobs; waiting for requests in flight");
         }
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
         signals.cancel.cancel();
         tracker.close();
         let grace = self.settings.shutdown_grace();
@@ -189,6 +188,35 @@ impl Worker {
                 grace_s = grace.as_secs(),
                 "requests still in flight after the grace period; the broker will redeliver them"
             );
+        }
+        // Cancel the consumer only once the jobs in flight are settled: on a
+        // quorum queue, acks sent after basic.cancel and just before the
+        // channel closes can be dropped by RabbitMQ (rabbitmq-server#10327),
+        // which returns those jobs to the queue to be sent a second time.
+        // Deliveries that arrive meanwhile are never started; the close below
+        // returns them.
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        // Quorum queues can drop acks still buffered in a channel that closes
+        // right after them (rabbitmq/rabbitmq-server#10327), which would send
+        // those jobs twice. A basic.get is a round trip through the queue after
+        // the last ack; whatever it returns goes straight back.
+        if let Ok(Some(m)) = channel
+            .basic_get(
+                self.settings.amqp.queue.as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+        {
+            let _ = m
+                .delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
         }
         // Closing the channel returns every delivery still unacked (prefetched,
         // never started) to the queue.
