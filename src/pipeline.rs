@@ -492,19 +492,34 @@ impl Pipeline {
                     Err(e) => self.give_back(delivery, &e.to_string()).await,
                 }
             }
-            Disposition::Requeue { halt } => {
-                let reason = if halt.is_some() {
-                    "account_halt"
-                } else {
-                    "shutdown"
-                };
-                self.metrics.outcome(result::REQUEUED, reason);
+            Disposition::Requeue { halt: None } => {
+                self.metrics.outcome(result::REQUEUED, "shutdown");
                 nack_requeue(delivery).await;
-                if halt.is_some() {
-                    Settled::Halted
-                } else {
-                    Settled::Requeued
+                Settled::Requeued
+            }
+            Disposition::Requeue { halt: Some(_) } => {
+                // A halt can last hours, and the probe takes the same jobs
+                // again and again. A nack would count each return against the
+                // quorum queue's delivery limit until RabbitMQ dead-lettered
+                // perfectly good jobs; a fresh copy (confirmed, then ack)
+                // starts its count at zero.
+                let props = copy_props(&delivery.properties);
+                match self
+                    .publisher
+                    .publish(&t.exchange, &t.routing_key, &delivery.data, props, true)
+                    .await
+                {
+                    Ok(()) => {
+                        self.metrics.outcome(result::REQUEUED, "account_halt");
+                        ack(delivery).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not re-queue a halted job as a fresh copy; returning it");
+                        self.metrics.outcome(result::REQUEUED, "account_halt");
+                        nack_requeue(delivery).await;
+                    }
                 }
+                Settled::Halted
             }
         }
     }
