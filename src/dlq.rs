@@ -426,53 +426,7 @@ impl Entry {
 /// [`STRIPPED_ON_REPLAY`] (so the attempt count starts again) and minus any
 /// `expiration`.
 pub fn replay_props(p: &BasicProperties) -> BasicProperties {
-    let mut out = BasicProperties::default();
-    if let Some(v) = p.content_type() {
-        out = out.with_content_type(v.clone());
-    }
-    if let Some(v) = p.content_encoding() {
-        out = out.with_content_encoding(v.clone());
-    }
-    if let Some(h) = p.headers() {
-        let kept: BTreeMap<ShortString, AMQPValue> = h
-            .inner()
-            .iter()
-            .filter(|(k, _)| !STRIPPED_ON_REPLAY.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if !kept.is_empty() {
-            out = out.with_headers(FieldTable::from(kept));
-        }
-    }
-    out = out.with_delivery_mode(p.delivery_mode().unwrap_or(2));
-    if let Some(v) = p.priority() {
-        out = out.with_priority(*v);
-    }
-    if let Some(v) = p.correlation_id() {
-        out = out.with_correlation_id(v.clone());
-    }
-    if let Some(v) = p.reply_to() {
-        out = out.with_reply_to(v.clone());
-    }
-    if let Some(v) = p.message_id() {
-        out = out.with_message_id(v.clone());
-    }
-    if let Some(v) = p.timestamp() {
-        out = out.with_timestamp(*v);
-    }
-    if let Some(v) = p.kind() {
-        out = out.with_type(v.clone());
-    }
-    if let Some(v) = p.user_id() {
-        out = out.with_user_id(v.clone());
-    }
-    if let Some(v) = p.app_id() {
-        out = out.with_app_id(v.clone());
-    }
-    if let Some(v) = p.cluster_id() {
-        out = out.with_cluster_id(v.clone());
-    }
-    out
+    crate::headers::copy_props(p, |k| !STRIPPED_ON_REPLAY.contains(&k))
 }
 
 /// Run a `dlq` command, writing results to `out` and progress to stderr. A

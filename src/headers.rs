@@ -2,7 +2,9 @@
 //! from producers and from RabbitMQ, so every reader tolerates any type.
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, LongString, ShortString};
+use std::collections::BTreeMap;
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 /// Attempts made so far (on a retry copy) or in all (on a dead-letter entry).
 pub const ATTEMPTS: &str = "x-attempts";
@@ -62,6 +64,58 @@ pub fn with_header(props: BasicProperties, name: &str, v: AMQPValue) -> BasicPro
     let mut headers = props.headers().clone().unwrap_or_default();
     headers.insert(ShortString::from(name), v);
     props.with_headers(headers)
+}
+
+/// A copy of `p` for re-publishing: every property except `expiration`, and
+/// only the headers `keep` accepts.
+pub fn copy_props(p: &BasicProperties, keep: impl Fn(&str) -> bool) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(h) = p.headers() {
+        let kept: BTreeMap<ShortString, AMQPValue> = h
+            .inner()
+            .iter()
+            .filter(|(k, _)| keep(k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !kept.is_empty() {
+            out = out.with_headers(FieldTable::from(kept));
+        }
+    }
+    out = out.with_delivery_mode(p.delivery_mode().unwrap_or(2));
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        out = out.with_type(v.clone());
+    }
+    if let Some(v) = p.user_id() {
+        out = out.with_user_id(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        out = out.with_cluster_id(v.clone());
+    }
+    out
 }
 
 pub fn string(v: impl AsRef<str>) -> AMQPValue {
