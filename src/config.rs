@@ -109,6 +109,13 @@ pub struct LimiterSettings {
     pub min_rate: f64,
     pub max_rate: f64,
     pub burst: u32,
+    /// Fraction of the API limit left unused, as a safety margin.
+    #[serde(default = "default_headroom")]
+    pub headroom: f64,
+}
+
+fn default_headroom() -> f64 {
+    0.015
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -257,6 +264,9 @@ impl Settings {
         }
         if l.burst == 0 {
             return Err(invalid("limiter.burst", "must be at least 1"));
+        }
+        if !(0.0..0.5).contains(&l.headroom) {
+            return Err(invalid("limiter.headroom", "must be in [0, 0.5)"));
         }
         for (key, v) in [
             (

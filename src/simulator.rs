@@ -71,6 +71,9 @@ pub struct SimRequest {
     /// How many times this exact body has been received, this one included.
     pub nth: u32,
     pub status: u16,
+    /// Milliseconds since the simulator started, when the request was
+    /// counted against the rate limit (after the added latency).
+    pub at_ms: u64,
 }
 
 /// A scripted answer.
@@ -182,11 +185,29 @@ fn auth_failed() -> SimReply {
 struct Window {
     started: Option<Instant>,
     used: u64,
+    rejected: u64,
+    limit: u64,
+}
+
+/// One fixed rate-limit window, as the simulator counted it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SimWindow {
+    /// Milliseconds since the simulator started.
+    pub start_ms: u64,
+    /// The limit when the window ended (or now, for the current one).
+    pub limit: u64,
+    /// Requests counted against the limit.
+    pub used: u64,
+    /// Requests refused with 429 because the window was spent.
+    pub rejected: u64,
 }
 
 struct Sim {
     cfg: Mutex<SimConfig>,
+    epoch: Instant,
     window: Mutex<Window>,
+    /// Windows that have ended, oldest first.
+    windows: Mutex<Vec<SimWindow>>,
     seen: Mutex<HashMap<u64, u32>>,
     log: Mutex<Vec<SimRequest>>,
     total: AtomicU64,
@@ -267,6 +288,43 @@ impl SimHandle {
     pub fn set_behavior(&self, b: Option<Behavior>) {
         *self.sim.behavior.lock().unwrap_or_else(|e| e.into_inner()) = b;
     }
+
+    /// Every rate-limit window so far, oldest first, the current one last.
+    /// Windows start at the first request after the previous one ended.
+    pub fn windows(&self) -> Vec<SimWindow> {
+        let mut out = self
+            .sim
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let w = self.sim.window.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = window_record(&self.sim, &w) {
+            out.push(current);
+        }
+        out
+    }
+
+    /// Milliseconds since the simulator started (the clock of
+    /// [`SimRequest::at_ms`] and [`SimWindow::start_ms`]).
+    pub fn now_ms(&self) -> u64 {
+        millis_since(self.sim.epoch)
+    }
+}
+
+fn millis_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn window_record(sim: &Sim, w: &Window) -> Option<SimWindow> {
+    let started = w.started?;
+    Some(SimWindow {
+        start_ms: u64::try_from(started.saturating_duration_since(sim.epoch).as_millis())
+            .unwrap_or(u64::MAX),
+        limit: w.limit,
+        used: w.used,
+        rejected: w.rejected,
+    })
 }
 
 fn apply_control(sim: &Sim, c: &SimControl) {
@@ -293,7 +351,9 @@ pub async fn start(
 ) -> std::io::Result<SimHandle> {
     let sim = Arc::new(Sim {
         cfg: Mutex::new(cfg),
+        epoch: Instant::now(),
         window: Mutex::new(Window::default()),
+        windows: Mutex::new(Vec::new()),
         seen: Mutex::new(HashMap::new()),
         log: Mutex::new(Vec::new()),
         total: AtomicU64::new(0),
@@ -376,19 +436,31 @@ impl Limit {
 fn take(sim: &Sim, cfg: &SimConfig) -> (bool, Limit) {
     let mut w = sim.window.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
+    let limit = if cfg.limit == 0 { 1_000_000 } else { cfg.limit };
     let started = match w.started {
         Some(s) if now.duration_since(s) < cfg.window => s,
         _ => {
+            if let Some(done) = window_record(sim, &w) {
+                let mut windows = sim.windows.lock().unwrap_or_else(|e| e.into_inner());
+                // A bounded history: enough for any benchmark run.
+                if windows.len() >= 100_000 {
+                    windows.remove(0);
+                }
+                windows.push(done);
+            }
             w.started = Some(now);
             w.used = 0;
+            w.rejected = 0;
             now
         }
     };
+    w.limit = limit;
     let reset_in = cfg.window.saturating_sub(now.duration_since(started));
-    let limit = if cfg.limit == 0 { 1_000_000 } else { cfg.limit };
     let ok = w.used < limit;
     if ok {
         w.used += 1;
+    } else {
+        w.rejected += 1;
     }
     (
         ok,
@@ -436,9 +508,11 @@ async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
         text: field("text"),
         nth,
         status: 0,
+        at_ms: 0,
     };
 
     let (allowed, limit) = take(&sim, &cfg);
+    req.at_ms = millis_since(sim.epoch);
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
