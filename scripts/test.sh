@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Unit and integration tests (in parallel).
-cargo nextest run --no-fail-fast
+cargo nextest run --no-fail-fast -E 'not binary(broker_restart)'
 
 # The broker-restart test stops and starts RabbitMQ, so it runs alone.
 if [ -f tests/broker_restart.rs ]; then
