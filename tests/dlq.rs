@@ -11,8 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use lapin::BasicProperties;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use send_worker::config::Settings;
@@ -177,21 +176,7 @@ async fn dead_letter(env: &TestEnv, id: &str, reason: DeadReason, code: &str, st
 
 /// Take every message in `queue`, acking it.
 async fn drain(env: &TestEnv, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
-    let mut out = Vec::new();
-    while let Some(m) = env
-        .ch
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await
-        .expect("get")
-    {
-        out.push((m.delivery.properties.clone(), m.delivery.data.clone()));
-        m.delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .expect("ack");
-    }
-    out
+    env.drain_queue(queue).await
 }
 
 #[tokio::test]

@@ -209,24 +209,8 @@ impl TestEnv {
 
     /// Take every DLQ entry (acking it).
     pub async fn drain_dlq(&self) -> Vec<(BasicProperties, Vec<u8>)> {
-        let mut out = Vec::new();
-        while let Some(m) = self
-            .ch
-            .basic_get(
-                self.settings.amqp.dead_letter_queue.as_str().into(),
-                BasicGetOptions::default(),
-            )
+        self.drain_queue(&self.settings.amqp.dead_letter_queue)
             .await
-            .expect("basic_get")
-        {
-            out.push((m.delivery.properties.clone(), m.delivery.data.clone()));
-            m.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .expect("ack");
-        }
-        out
     }
 
     /// Delete everything this test declared.
