@@ -493,8 +493,12 @@ impl Pipeline {
                 }
             }
             Disposition::Requeue { halt: None } => {
+                // Shutdown or halt before the job was sent. It stays unacked:
+                // closing the channel at the end of the drain returns it once.
+                // (A nack now would return it to this still-open consumer,
+                // which would count a second redelivery against the quorum
+                // queue's delivery limit.)
                 self.metrics.outcome(result::REQUEUED, "shutdown");
-                nack_requeue(delivery).await;
                 Settled::Requeued
             }
             Disposition::Requeue { halt: Some(_) } => {

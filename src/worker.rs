@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -198,26 +196,6 @@ impl Worker {
         let _ = channel
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await;
-        // Quorum queues can drop acks still buffered in a channel that closes
-        // right after them (rabbitmq/rabbitmq-server#10327), which would send
-        // those jobs twice. A basic.get is a round trip through the queue after
-        // the last ack; whatever it returns goes straight back.
-        if let Ok(Some(m)) = channel
-            .basic_get(
-                self.settings.amqp.queue.as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await
-        {
-            let _ = m
-                .delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
-        }
         // Closing the channel returns every delivery still unacked (prefetched,
         // never started) to the queue.
         let _ = channel.close(200, "bye".into()).await;

@@ -168,9 +168,18 @@ async fn sigterm_under_load_drains_and_exits_0() {
 
     // The worker is gone: everything it did not send is back in the queue.
     let accepted = accepted_by_text(&env.sim);
-    let remaining: Vec<String> = env
-        .drain_queue(&env.settings.amqp.queue)
-        .await
+    let drained = env.drain_queue(&env.settings.amqp.queue).await;
+    // A drain returns each job it had taken once, not more: every return
+    // counts against the quorum queue's delivery limit.
+    for (props, body) in &drained {
+        let count = send_worker::headers::get_u32(props, "x-delivery-count").unwrap_or(0);
+        assert!(
+            count <= 1,
+            "{:?} was returned {count} times by one drain",
+            text_of(body)
+        );
+    }
+    let remaining: Vec<String> = drained
         .iter()
         .map(|(_, body)| text_of(body).expect("a job body"))
         .collect();
