@@ -17,9 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use send_worker::broker::Topology;
 use send_worker::config::Settings;
@@ -177,18 +175,7 @@ impl Env {
     }
 
     async fn cleanup(self) {
-        for q in self.topology.queues() {
-            let _ = self
-                .ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in [&self.topology.exchange, &self.topology.events_exchange] {
-            let _ = self
-                .ch
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        self.topology.delete(&self.ch).await;
         let _ = self.conn.close(200, "bench done".into()).await;
         self.sim_stop.cancel();
     }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
@@ -72,6 +72,21 @@ pub async fn connect(url: &Secret, name: &str) -> Result<Connection, BrokerError
         Ok(Err(e)) => Err(unreachable(e.to_string())),
         Err(_) => Err(unreachable("timed out after 10 s".to_owned())),
     }
+}
+
+/// Ready messages in `queue`, by a passive declare (fails if it does not exist).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let q = channel
+        .queue_declare(
+            s(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
 }
 
 /// Names and arguments of everything the worker declares.
@@ -234,6 +249,23 @@ impl Topology {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Delete every queue and exchange [`Topology::declare`] declares, best
+    /// effort (for the demo, tests and benchmarks, which use throwaway names).
+    pub async fn delete(&self, channel: &Channel) {
+        for q in self.queues() {
+            let _ = channel
+                .queue_delete(s(&q), QueueDeleteOptions::default())
+                .await;
+        }
+        for e in [&self.exchange, &self.events_exchange] {
+            if !e.is_empty() {
+                let _ = channel
+                    .exchange_delete(s(e), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
     }
 }
 

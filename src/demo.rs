@@ -6,12 +6,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, BrokerError};
@@ -275,14 +271,14 @@ pub async fn run(base: Settings, jobs: usize, timeout: Duration) -> Result<DemoR
     let deadline = Instant::now() + timeout;
     loop {
         let accepted = sim.stats().accepted;
-        let dead = queue_depth(&ch, &settings.amqp.dead_letter_queue).await?;
+        let dead = broker::queue_depth(&ch, &settings.amqp.dead_letter_queue).await?;
         if accepted as usize >= report.expected_sent && dead as usize >= report.expected_dead {
             break;
         }
         if Instant::now() > deadline {
             run_token.cancel();
             let _ = handle.await;
-            cleanup(&ch, &topology).await;
+            topology.delete(&ch).await;
             return Err(DemoError::Timeout(
                 timeout,
                 format!(
@@ -320,38 +316,9 @@ pub async fn run(base: Settings, jobs: usize, timeout: Duration) -> Result<DemoR
             .outcomes
             .get_metric_with_label_values(&["retried", "rate_limited"])
             .map_or(0, |c| c.get());
-    cleanup(&ch, &topology).await;
+    topology.delete(&ch).await;
     let _ = conn.close(200, "demo done".into()).await;
     shutdown.cancel();
     report.elapsed = started.elapsed();
     Ok(report)
-}
-
-async fn queue_depth(ch: &Channel, queue: &str) -> Result<u32, lapin::Error> {
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(q.message_count())
-}
-
-async fn cleanup(ch: &Channel, t: &broker::Topology) {
-    for q in t.queues() {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for e in [&t.exchange, &t.events_exchange] {
-        if !e.is_empty() {
-            let _ = ch
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-    }
 }

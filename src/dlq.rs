@@ -22,10 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, ExchangeDeclareOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeclareOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use serde_json::{Map, Value, json};
@@ -524,20 +521,10 @@ fn is_not_found(e: &lapin::Error) -> bool {
 /// a missing queue closes the channel).
 async fn queue_depth(conn: &Connection, queue: &str) -> Result<u64, DlqError> {
     let ch = conn.create_channel().await?;
-    match ch
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-    {
-        Ok(q) => {
+    match crate::broker::queue_depth(&ch, queue).await {
+        Ok(n) => {
             let _ = ch.close(200, ShortString::from("ok")).await;
-            Ok(u64::from(q.message_count()))
+            Ok(u64::from(n))
         }
         Err(e) if is_not_found(&e) => Err(DlqError::QueueMissing {
             queue: queue.to_owned(),

@@ -7,11 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use send_worker::broker::Topology;
 use send_worker::config::Settings;
@@ -176,18 +172,9 @@ impl TestEnv {
 
     /// Ready messages in `queue`.
     pub async fn depth(&self, queue: &str) -> u32 {
-        self.ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        send_worker::broker::queue_depth(&self.ch, queue)
             .await
             .expect("passive declare")
-            .message_count()
     }
 
     pub async fn dlq_depth(&self) -> u32 {
@@ -215,18 +202,7 @@ impl TestEnv {
 
     /// Delete everything this test declared.
     pub async fn cleanup(self) {
-        for q in self.topology.queues() {
-            let _ = self
-                .ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in [&self.topology.exchange, &self.topology.events_exchange] {
-            let _ = self
-                .ch
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        self.topology.delete(&self.ch).await;
         let _ = self.conn.close(200, "test done".into()).await;
         self.sim_stop.cancel();
     }
