@@ -13,172 +13,67 @@
 //! it does not pass or fail. Each scenario deletes the queues it declared.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use send_worker::broker::Topology;
+use lapin::BasicProperties;
 use send_worker::config::Settings;
-use send_worker::metrics::Metrics;
-use send_worker::retry::Backoff;
-use send_worker::simulator::{self, SimConfig, SimControl, SimHandle, SimRequest, SimWindow};
-use send_worker::telnyx::TelnyxClient;
-use send_worker::worker::Worker;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use send_worker::ops::metrics::Metrics;
+use send_worker::sim::{SimConfig, SimControl, SimRequest, SimWindow};
+use send_worker::testkit::{RunningWorker, Sandbox, amqp_url};
 
-const API_KEY: &str = "bench-key-0123456789";
 const LONG_CODE: &str = "+15551234567";
 const TOLL_FREE: &str = "+18005550100";
 const SHORT_CODE: &str = "54321";
 
-fn amqp_url() -> String {
-    std::env::var("SEND_WORKER__AMQP__URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+/// One scenario's world: a simulator and a unique topology (the test kit's
+/// sandbox) with the shipped defaults, account pacing off, and any
+/// `SEND_WORKER__*` variables of the environment on top (for experiments,
+/// e.g. SEND_WORKER__AMQP__PREFETCH=256).
+async fn env(name: &str, sim: SimConfig) -> anyhow::Result<Sandbox> {
+    let vars = [
+        ("SEND_WORKER__AMQP__URL", amqp_url()),
+        (
+            "SEND_WORKER__PACING__ACCOUNT_SMS_PER_SECOND",
+            "0".to_owned(),
+        ),
+        (
+            "SEND_WORKER__PACING__ACCOUNT_MMS_PER_SECOND",
+            "0".to_owned(),
+        ),
+        ("SEND_WORKER__HTTP__LISTEN", "127.0.0.1:0".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .chain(std::env::vars().filter(|(k, _)| k.starts_with("SEND_WORKER__")))
+    .collect::<Vec<_>>();
+    let base = Settings::load_with_env(None, vars).context("settings")?;
+    Sandbox::open(&format!("bench-{name}"), base, sim, |_| {})
+        .await
+        .context("RabbitMQ must be running on 127.0.0.1:5672")
 }
 
-/// One scenario's world: a simulator, a unique topology and a channel to
-/// publish jobs with.
-struct Env {
-    settings: Settings,
-    sim: SimHandle,
-    sim_stop: CancellationToken,
-    conn: Connection,
-    ch: Channel,
-    topology: Topology,
+fn start(env: &Sandbox) -> anyhow::Result<RunningWorker> {
+    Ok(env.start_worker(env.worker()?))
 }
 
-struct Running {
-    worker: Worker,
-    token: CancellationToken,
-    handle: JoinHandle<Result<(), send_worker::broker::BrokerError>>,
-}
-
-impl Running {
-    async fn stop(self) -> Worker {
-        self.token.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.handle).await;
-        self.worker
-    }
-}
-
-impl Env {
-    async fn new(name: &str, sim: SimConfig) -> anyhow::Result<Env> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let prefix = format!("bench-{name}-{}", &id[..8]);
-        let sim_stop = CancellationToken::new();
-        let sim = simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim, sim_stop.clone())
-            .await
-            .context("starting the simulator")?;
-        // The shipped defaults; account pacing off; unique names; the simulator.
-        let env: Vec<(String, String)> = [
-            ("AMQP__URL", amqp_url()),
-            ("AMQP__EXCHANGE", format!("{prefix}.messages")),
-            ("AMQP__QUEUE", format!("{prefix}.messages.send")),
-            (
-                "AMQP__DEAD_LETTER_QUEUE",
-                format!("{prefix}.messages.send.dead"),
-            ),
-            (
-                "AMQP__RETRY_QUEUE_PREFIX",
-                format!("{prefix}.messages.send.retry"),
-            ),
-            ("AMQP__EVENTS_EXCHANGE", format!("{prefix}.messages.events")),
-            ("TELNYX__BASE_URL", sim.base_url()),
-            ("TELNYX__API_KEY", API_KEY.to_owned()),
-            ("PACING__ACCOUNT_SMS_PER_SECOND", "0".to_owned()),
-            ("PACING__ACCOUNT_MMS_PER_SECOND", "0".to_owned()),
-            ("HTTP__LISTEN", "127.0.0.1:0".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("SEND_WORKER__{k}"), v))
-        // SEND_WORKER__* in the environment win, for experiments (e.g.
-        // SEND_WORKER__AMQP__PREFETCH=512).
-        .chain(std::env::vars().filter(|(k, _)| k.starts_with("SEND_WORKER__")))
-        .collect();
-        let settings = Settings::load_with_env(None, env).context("settings")?;
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .context("RabbitMQ must be running on 127.0.0.1:5672")?;
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        let topology = Topology::new(&settings.amqp, &Backoff::from_settings(&settings.retry));
-        topology
-            .declare(&ch)
-            .await
-            .context("declaring the topology")?;
-        Ok(Env {
-            settings,
-            sim,
-            sim_stop,
-            conn,
-            ch,
-            topology,
+/// Publish SMS jobs from `from`, texts `{tag} {i}`, confirmed.
+async fn publish(env: &Sandbox, from: &str, tag: &str, n: usize) -> anyhow::Result<()> {
+    let jobs = (0..n).map(|i| {
+        let body = serde_json::json!({
+            "from": from,
+            "to": format!("+1555{:07}", i % 10_000_000),
+            "text": format!("{tag} {i}"),
         })
-    }
-
-    fn start(&self) -> anyhow::Result<Running> {
-        let api = TelnyxClient::new(&self.settings.telnyx)?;
-        let worker = Worker::new(self.settings.clone(), api, Metrics::new());
-        let token = CancellationToken::new();
-        let (w, t) = (worker.clone(), token.clone());
-        let handle = tokio::spawn(async move { w.run(t).await });
-        Ok(Running {
-            worker,
-            token,
-            handle,
-        })
-    }
-
-    /// Publish SMS jobs from `from`, texts `{tag} {i}`, with confirms
-    /// collected in batches.
-    async fn publish(&self, from: &str, tag: &str, n: usize) -> anyhow::Result<()> {
-        let mut pending = Vec::with_capacity(1000);
-        for i in 0..n {
-            let body = serde_json::json!({
-                "from": from,
-                "to": format!("+1555{:07}", i % 10_000_000),
-                "text": format!("{tag} {i}"),
-            })
-            .to_string();
-            let props = BasicProperties::default()
-                .with_message_id(format!("{tag}-{i}").into())
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2);
-            let confirm = self
-                .ch
-                .basic_publish(
-                    self.settings.amqp.exchange.as_str().into(),
-                    self.settings.amqp.routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    props,
-                )
-                .await?;
-            pending.push(confirm);
-            if pending.len() == 1000 {
-                for c in pending.drain(..) {
-                    if !c.await?.is_ack() {
-                        bail!("publish nacked");
-                    }
-                }
-            }
-        }
-        for c in pending {
-            if !c.await?.is_ack() {
-                bail!("publish nacked");
-            }
-        }
-        Ok(())
-    }
-
-    async fn cleanup(self) {
-        self.topology.delete(&self.ch).await;
-        let _ = self.conn.close(200, "bench done".into()).await;
-        self.sim_stop.cancel();
-    }
+        .to_string();
+        let props = BasicProperties::default()
+            .with_message_id(format!("{tag}-{i}").into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        (body.into_bytes(), props)
+    });
+    env.publish_all(jobs).await?;
+    Ok(())
 }
 
 fn sim(limit: u64, latency_ms: u64) -> SimConfig {
@@ -262,11 +157,16 @@ async fn steady() -> anyhow::Result<()> {
     const R: u64 = 1000;
     const RUN: u64 = 20_000;
     println!("\n## steady: R = {R}/s, 20 ms latency, {} s", RUN / 1000);
-    let env = Env::new("steady", sim(R, 20)).await?;
-    env.publish(LONG_CODE, "steady", (R * RUN / 1000 * 23 / 20) as usize)
-        .await?;
+    let env = env("steady", sim(R, 20)).await?;
+    publish(
+        &env,
+        LONG_CODE,
+        "steady",
+        (R * RUN / 1000 * 23 / 20) as usize,
+    )
+    .await?;
     let t0 = env.sim.now_ms();
-    let w = env.start()?;
+    let w = start(&env)?;
     tokio::time::sleep(Duration::from_millis(RUN)).await;
     let end = t0 + RUN;
     let e = w.worker.limiter.estimates();
@@ -325,12 +225,11 @@ fn converged(windows: &[SimWindow], change: u64, until: u64, limit: u64) -> Opti
 async fn change() -> anyhow::Result<()> {
     let phases = [(1000u64, 8_000u64), (500, 8_000), (1000, 8_000)];
     println!("\n## change: R = 1000/s, then 500/s at 8 s, then 1000/s at 16 s; 20 ms latency");
-    let env = Env::new("change", sim(phases[0].0, 20)).await?;
+    let env = env("change", sim(phases[0].0, 20)).await?;
     let jobs: u64 = phases.iter().map(|(r, d)| r * d / 1000).sum();
-    env.publish(LONG_CODE, "change", (jobs * 23 / 20) as usize)
-        .await?;
+    publish(&env, LONG_CODE, "change", (jobs * 23 / 20) as usize).await?;
     let t0 = env.sim.now_ms();
-    let w = env.start()?;
+    let w = start(&env)?;
     let mut starts = Vec::new();
     let mut at = t0;
     for (i, (limit, dur)) in phases.iter().enumerate() {
@@ -384,11 +283,16 @@ async fn latency() -> anyhow::Result<()> {
         "\n## latency: R = {R}/s, 250 ms API latency, {} s",
         RUN / 1000
     );
-    let env = Env::new("latency", sim(R, 250)).await?;
-    env.publish(LONG_CODE, "latency", (R * RUN / 1000 * 23 / 20) as usize)
-        .await?;
+    let env = env("latency", sim(R, 250)).await?;
+    publish(
+        &env,
+        LONG_CODE,
+        "latency",
+        (R * RUN / 1000 * 23 / 20) as usize,
+    )
+    .await?;
     let t0 = env.sim.now_ms();
-    let w = env.start()?;
+    let w = start(&env)?;
     let m = w.worker.metrics.clone();
     let mut peak = 0;
     let sampler = async {
@@ -427,13 +331,18 @@ async fn replicas() -> anyhow::Result<()> {
         "\n## replicas: 3 workers (each its own connection, HTTP client and limiter, in one process) against one API, R = {R}/s, {} s",
         RUN / 1000
     );
-    let env = Env::new("replicas", sim(R, 20)).await?;
-    env.publish(LONG_CODE, "replicas", (R * RUN / 1000 * 23 / 20) as usize)
-        .await?;
+    let env = env("replicas", sim(R, 20)).await?;
+    publish(
+        &env,
+        LONG_CODE,
+        "replicas",
+        (R * RUN / 1000 * 23 / 20) as usize,
+    )
+    .await?;
     let t0 = env.sim.now_ms();
     let mut ws = Vec::new();
     for _ in 0..3 {
-        ws.push(env.start()?);
+        ws.push(start(&env)?);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let wait = (t0 + RUN).saturating_sub(env.sim.now_ms());
@@ -511,13 +420,13 @@ async fn senders() -> anyhow::Result<()> {
     );
     let mut results = HashMap::new();
     for mixed in [false, true] {
-        let env = Env::new(if mixed { "mixed" } else { "alone" }, sim(1000, 20)).await?;
+        let env = env(if mixed { "mixed" } else { "alone" }, sim(1000, 20)).await?;
         if mixed {
-            env.publish(TOLL_FREE, "tf", TF).await?;
+            publish(&env, TOLL_FREE, "tf", TF).await?;
         }
-        env.publish(SHORT_CODE, "sc", SC).await?;
+        publish(&env, SHORT_CODE, "sc", SC).await?;
         let t0 = env.sim.now_ms();
-        let w = env.start()?;
+        let w = start(&env)?;
         let started = Instant::now();
         let sc_done = loop {
             let n = accepted_times(&env.sim.requests(), SHORT_CODE, "sc").len();

@@ -3,24 +3,26 @@
 //! dead-letter queue and account-wide halts.
 //!
 //! The path of one job is [`pipeline::Pipeline::handle`]; the runner that feeds
-//! it is [`worker::Worker::run`].
+//! it is [`worker::Worker::run`]. `ARCHITECTURE.md` has the map.
 
-pub mod broker;
-pub mod circuit;
-pub mod config;
-pub mod demo;
-pub mod dlq;
-pub mod encoding;
-pub mod headers;
-pub mod http;
+// The send path.
+pub mod amqp;
 pub mod job;
 pub mod limiter;
-pub mod metrics;
-pub mod outcome;
 pub mod pipeline;
 pub mod retry;
-pub mod secret;
-pub mod simulator;
-pub mod state;
 pub mod telnyx;
 pub mod worker;
+
+// Around it.
+pub mod cli;
+pub mod config;
+pub mod ops;
+pub mod secret;
+
+// Development: the Telnyx simulator and the kit that tests, benchmarks and
+// the demo share. A production build leaves them out (`--no-default-features`).
+#[cfg(feature = "sim")]
+pub mod sim;
+#[cfg(feature = "sim")]
+pub mod testkit;

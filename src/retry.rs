@@ -1,5 +1,5 @@
 //! *When* to retry: the jittered exponential schedule and the broker tiers
-//! that hold retries. *Whether* to retry is [`crate::outcome::classify`]'s call.
+//! that hold retries. *Whether* to retry is [`crate::telnyx::classify`]'s call.
 //!
 //! The delay before retry `n` (n = 1 after the first attempt) is
 //! `base * factor^(n-1) * (0.5 + U[0,1))`, at most `cap`, and never less than
@@ -41,6 +41,18 @@ impl Backoff {
             cap: Duration::from_millis(s.cap_ms),
             max_attempts: s.max_attempts,
             max_rate_limit_bounces: s.max_rate_limit_bounces,
+        }
+    }
+
+    /// The shipped defaults (`config/default.toml`): for tests.
+    #[cfg(test)]
+    pub(crate) fn shipped() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            factor: 2.0,
+            cap: Duration::from_secs(300),
+            max_attempts: 5,
+            max_rate_limit_bounces: 20,
         }
     }
 
@@ -123,13 +135,7 @@ mod tests {
     use super::*;
 
     fn backoff() -> Backoff {
-        Backoff {
-            base: Duration::from_secs(1),
-            factor: 2.0,
-            cap: Duration::from_secs(300),
-            max_attempts: 5,
-            max_rate_limit_bounces: 20,
-        }
+        Backoff::shipped()
     }
 
     #[test]

@@ -12,16 +12,16 @@
 //!
 //! It needs `rabbitmqctl` on the PATH with the rights to stop the node. To
 //! leave the shared broker alone, point it at a throwaway node instead:
-//! `SEND_WORKER__AMQP__URL` picks the broker (see `tests/common`) and
+//! `SEND_WORKER__AMQP__URL` picks the broker (see `send_worker::testkit`) and
 //! `rabbitmqctl` targets `RABBITMQ_NODENAME`, e.g.
 //! `RABBITMQ_NODENAME=swtest@localhost SEND_WORKER__AMQP__URL=amqp://guest:guest@127.0.0.1:5673/%2f`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{API_KEY, TestEnv, WorkerProcess, accepted_by_text, job_props, sms, wait_for};
-use send_worker::simulator::SimConfig;
+use send_worker::sim::SimConfig;
+use send_worker::testkit::{
+    API_KEY, TestEnv, WorkerProcess, accepted_by_text, job_props, sms, wait_for,
+};
 
 const T: Duration = Duration::from_secs(60);
 

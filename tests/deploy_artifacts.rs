@@ -740,7 +740,7 @@ fn rabbitmq_definitions_match_the_worker_configuration() {
         );
     }
     // Queue arguments must be exactly what the worker passes when it declares
-    // the same queues (src/broker.rs, Topology::*_args): RabbitMQ refuses a
+    // the same queues (src/amqp/topology.rs, Topology::*_args): RabbitMQ refuses a
     // redeclaration whose arguments differ, missing or extra keys included.
     let assert_args = |name: &str, expected: Json| {
         let q = queues
@@ -1446,7 +1446,7 @@ fn promtool_accepts_rules_config_and_dashboard_queries() {
 #[test]
 fn definitions_match_the_topology_the_worker_declares() {
     use lapin::types::{AMQPValue, FieldTable};
-    use send_worker::broker::Topology;
+    use send_worker::amqp::Topology;
     use send_worker::config::Settings;
     use send_worker::retry::Backoff;
 
@@ -1483,11 +1483,11 @@ fn definitions_match_the_topology_the_worker_declares() {
             .clone()
     };
     assert_eq!(
-        args_of(&topology.queue),
+        args_of(&topology.amqp.queue),
         to_json(&topology.work_queue_args())
     );
     assert_eq!(
-        args_of(&topology.dead_letter_queue),
+        args_of(&topology.amqp.dead_letter_queue),
         to_json(&topology.dead_letter_queue_args())
     );
     for tier in &topology.tiers {
@@ -1510,7 +1510,7 @@ fn definitions_match_the_topology_the_worker_declares() {
                 .iter()
                 .any(|b| b["destination"] == topology.tier_queue(tier).as_str()
                     && b["routing_key"] == topology.tier_routing_key(tier).as_str()
-                    && b["source"] == topology.exchange.as_str()),
+                    && b["source"] == topology.amqp.exchange.as_str()),
             "binding for {}",
             topology.tier_queue(tier)
         );

@@ -2,26 +2,22 @@
 //! worker (or by RabbitMQ's delivery limit), then listed, shown, replayed
 //! and purged.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use lapin::BasicProperties;
-use lapin::options::{
-    BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use send_worker::amqp::headers;
+use send_worker::cli::dlq::{self, Console, DlqCommand, DlqError, Prompt, Report};
 use send_worker::config::Settings;
-use send_worker::dlq::{self, Console, DlqCommand, DlqError, Prompt, Report};
-use send_worker::headers;
-use send_worker::outcome::Failure;
 use send_worker::pipeline::{DeadReason, dead_letter_props};
-use send_worker::simulator::{SimConfig, SimReply};
+use send_worker::sim::{SimConfig, SimReply};
+use send_worker::telnyx::Failure;
 
-use common::{TestEnv, job_props, sms, wait_for};
+use send_worker::testkit::{TestEnv, job_props, sms, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -118,24 +114,7 @@ async fn poison(env: &TestEnv, id: &str) {
         if env.dlq_depth().await > before {
             break;
         }
-        if let Some(m) = env
-            .ch
-            .basic_get(
-                env.settings.amqp.queue.as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await
-            .expect("get")
-        {
-            m.delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await
-                .expect("nack");
-        }
+        env.redeliver_one(&env.settings.amqp.queue).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wait_for("RabbitMQ dead-letters the poison message", T, || async {
@@ -719,7 +698,7 @@ async fn the_binary_lists_and_refuses_an_unconfirmed_purge() {
     let bin = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_send-worker"))
             .args(args)
-            .env("SEND_WORKER__AMQP__URL", common::amqp_url())
+            .env("SEND_WORKER__AMQP__URL", send_worker::testkit::amqp_url())
             .env("SEND_WORKER__AMQP__EXCHANGE", &env.settings.amqp.exchange)
             .env("SEND_WORKER__AMQP__QUEUE", &env.settings.amqp.queue)
             .env(

@@ -3,15 +3,13 @@
 //! attempt, per-number overrides, account pacing, and the rate learned from
 //! the simulator's `x-ratelimit-*` headers.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TestEnv, job_props, wait_for};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use send_worker::simulator::{SimConfig, SimRequest};
+use send_worker::sim::{SimConfig, SimRequest};
+use send_worker::testkit::{TestEnv, job_props, wait_for};
 
 const T: Duration = Duration::from_secs(60);
 

@@ -1,13 +1,11 @@
 //! The ops endpoints of a real running worker: /healthz, /readyz and a
 //! /metrics scrape that must export every family in deploy/metrics-contract.txt.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{TestEnv, sms, wait_for};
-use send_worker::simulator::SimConfig;
+use send_worker::sim::SimConfig;
+use send_worker::testkit::{TestEnv, sms, wait_for};
 use tokio_util::sync::CancellationToken;
 
 fn contract() -> Vec<String> {
@@ -26,7 +24,7 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
     let env = TestEnv::new("ops", SimConfig::default(), |_| {}).await;
     let worker = env.worker();
     let stop = CancellationToken::new();
-    let (addr, server) = send_worker::http::serve(
+    let (addr, server) = send_worker::ops::http::serve(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         worker.metrics.clone(),
         worker.state.clone(),
@@ -90,7 +88,7 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
     assert!(
-        !text.contains(common::API_KEY),
+        !text.contains(send_worker::testkit::API_KEY),
         "the API key must never reach /metrics"
     );
     assert!(!text.contains("+1999"), "no phone numbers in labels");

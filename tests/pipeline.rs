@@ -1,15 +1,13 @@
 //! End-to-end tests of the core pipeline against the real RabbitMQ and the
 //! in-process Telnyx simulator.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestEnv, job_props, sms, wait_for};
-use send_worker::headers;
-use send_worker::simulator::{SimConfig, SimReply};
+use send_worker::amqp::headers;
+use send_worker::sim::{SimConfig, SimReply};
+use send_worker::testkit::{TestEnv, job_props, sms, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -173,7 +171,7 @@ async fn transport_errors_are_retried_and_counted_as_attempts() {
         s.telnyx.request_timeout_ms = 150;
     })
     .await;
-    env.sim.control(&send_worker::simulator::SimControl {
+    env.sim.control(&send_worker::sim::SimControl {
         latency_ms: Some(1_000),
         ..Default::default()
     });
@@ -333,7 +331,7 @@ async fn a_worker_dropped_mid_flight_loses_nothing() {
 #[tokio::test]
 async fn an_unreachable_broker_is_reported_with_its_url_and_a_hint() {
     let url = send_worker::secret::Secret::new("amqp://guest:hunter2@127.0.0.1:1/%2f");
-    let err = send_worker::broker::connect(&url, "test")
+    let err = send_worker::amqp::connect(&url, "test")
         .await
         .unwrap_err()
         .to_string();

@@ -2,14 +2,11 @@
 //! that keeps coming back (e.g. because it crashes every worker that takes
 //! it) into the DLQ, instead of looping forever.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, sms, wait_for};
-use lapin::options::{BasicGetOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
-use send_worker::simulator::SimConfig;
+use send_worker::sim::SimConfig;
+use send_worker::testkit::{TestEnv, sms, wait_for};
 
 #[tokio::test]
 async fn a_message_redelivered_past_the_limit_lands_in_the_dlq() {
@@ -22,21 +19,8 @@ async fn a_message_redelivered_past_the_limit_lands_in_the_dlq() {
     let queue = env.settings.amqp.queue.clone();
     // Each nack with requeue is a redelivery, as a worker crash would be.
     let mut deliveries = 0;
-    while let Some(m) = env
-        .ch
-        .basic_get(queue.as_str().into(), BasicGetOptions::default())
-        .await
-        .expect("get")
-    {
+    while env.redeliver_one(&queue).await {
         deliveries += 1;
-        m.delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await
-            .expect("nack");
         assert!(deliveries <= 10, "the delivery limit did not stop the loop");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -8,18 +8,16 @@
 //! at the end; every child is killed when its guard drops. The broker
 //! restart test is in `tests/broker_restart.rs` (it disturbs other tests).
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{
-    API_KEY, TestEnv, WorkerProcess, accepted_by_text, job_props, metric, sms, text_of, wait_for,
-};
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
-use send_worker::headers;
-use send_worker::simulator::{SimConfig, SimControl};
+use send_worker::amqp::headers;
+use send_worker::sim::{SimConfig, SimControl};
+use send_worker::testkit::{
+    API_KEY, TestEnv, WorkerProcess, accepted_by_text, job_props, metric, sms, text_of, wait_for,
+};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -172,7 +170,7 @@ async fn sigterm_under_load_drains_and_exits_0() {
     // A drain returns each job it had taken once, not more: every return
     // counts against the quorum queue's delivery limit.
     for (props, body) in &drained {
-        let count = send_worker::headers::get_u32(props, "x-delivery-count").unwrap_or(0);
+        let count = send_worker::amqp::headers::get_u32(props, "x-delivery-count").unwrap_or(0);
         assert!(
             count <= 1,
             "{:?} was returned {count} times by one drain",

@@ -1,15 +1,22 @@
 //! A send job: one AMQP message whose body is a Telnyx `POST /v2/messages`
-//! request and whose `message_id` is the job id. Parsing and validation happen
-//! here, before any API call; a job that fails them is dead-lettered with the
-//! reason this module gives.
+//! request and whose `message_id` is the job id. [`Job::parse`] turns a
+//! delivery's properties and body into a job or a [`Rejection`], before any
+//! API call; a rejected job is dead-lettered with the reason it gives.
+
+mod deadline;
+pub mod encoding;
+mod validate;
+
+pub use deadline::parse_deadline;
+pub use validate::{classify_sender, is_e164};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::BasicProperties;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::encoding::{self, MAX_PARTS};
-use crate::headers;
+use crate::amqp::headers;
+use validate::{type_name, validate};
 
 /// At most this many `media_urls` (Telnyx's MMS limit).
 pub const MAX_MEDIA_URLS: usize = 10;
@@ -30,13 +37,13 @@ pub enum RejectionKind {
 }
 
 impl Rejection {
-    fn malformed(detail: impl Into<String>) -> Self {
+    pub(crate) fn malformed(detail: impl Into<String>) -> Self {
         Self {
             kind: RejectionKind::Malformed,
             detail: detail.into(),
         }
     }
-    fn invalid(detail: impl Into<String>) -> Self {
+    pub(crate) fn invalid(detail: impl Into<String>) -> Self {
         Self {
             kind: RejectionKind::Validation,
             detail: detail.into(),
@@ -180,239 +187,6 @@ impl Job {
     }
 }
 
-/// `x-expires-at`: RFC 3339, or unix seconds (integer or fractional).
-pub fn parse_deadline(raw: &str) -> Option<SystemTime> {
-    let raw = raw.trim();
-    if let Ok(secs) = raw.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Some(UNIX_EPOCH + Duration::from_secs_f64(secs));
-        }
-        return None;
-    }
-    humantime::parse_rfc3339_weak(raw)
-        .ok()
-        .or_else(|| parse_rfc3339_offset(raw))
-}
-
-/// RFC 3339 with a numeric offset (`+02:00`), which humantime does not take.
-fn parse_rfc3339_offset(raw: &str) -> Option<SystemTime> {
-    let split = raw.len().checked_sub(6)?;
-    let (local, offset) = raw.split_at(split);
-    let sign = match offset.as_bytes().first()? {
-        b'+' => 1i64,
-        b'-' => -1i64,
-        _ => return None,
-    };
-    let hours: i64 = offset.get(1..3)?.parse().ok()?;
-    let minutes: i64 = offset.get(4..6)?.parse().ok()?;
-    if offset.as_bytes().get(3) != Some(&b':') {
-        return None;
-    }
-    let base = humantime::parse_rfc3339_weak(local).ok()?;
-    let shift = Duration::from_secs(u64::try_from((hours * 3600 + minutes * 60).abs()).ok()?);
-    // local time = UTC + offset, so UTC = local - offset.
-    if sign > 0 {
-        base.checked_sub(shift)
-    } else {
-        base.checked_add(shift)
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-struct Checked {
-    from: Option<String>,
-    sender: SenderClass,
-    kind: MessageKind,
-    parts: u32,
-}
-
-fn optional_str<'a>(
-    obj: &'a Map<String, Value>,
-    field: &str,
-) -> Result<Option<&'a str>, Rejection> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(other) => Err(Rejection::invalid(format!(
-            "`{field}` must be a string, got {}",
-            type_name(other)
-        ))),
-    }
-}
-
-/// The request-body rules, from Telnyx's field descriptions (telnyx-facts.md).
-fn validate(obj: &Map<String, Value>) -> Result<Checked, Rejection> {
-    let to = optional_str(obj, "to")?.ok_or_else(|| Rejection::invalid("`to` is required"))?;
-    if !is_e164(to) {
-        return Err(Rejection::invalid(format!(
-            "`to` must be an E.164 number like +15551234567, got {:?}",
-            truncate(to)
-        )));
-    }
-    let profile = optional_str(obj, "messaging_profile_id")?.filter(|s| !s.trim().is_empty());
-    let from = optional_str(obj, "from")?.filter(|s| !s.is_empty());
-    let sender = match from {
-        Some(f) => classify_sender(f).ok_or_else(|| {
-            Rejection::invalid(format!(
-                "`from` must be an E.164 number, a short code or an alphanumeric sender ID, got {:?}",
-                truncate(f)
-            ))
-        })?,
-        None if profile.is_some() => SenderClass::Profile,
-        None => {
-            return Err(Rejection::invalid(
-                "`from` is required unless `messaging_profile_id` is given",
-            ));
-        }
-    };
-    let text = optional_str(obj, "text")?;
-    let media = match obj.get("media_urls") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => {
-            let mut urls = Vec::with_capacity(items.len());
-            for item in items {
-                match item {
-                    Value::String(s) => urls.push(s.as_str()),
-                    other => {
-                        return Err(Rejection::invalid(format!(
-                            "`media_urls` must hold strings, found {}",
-                            type_name(other)
-                        )));
-                    }
-                }
-            }
-            urls
-        }
-        Some(other) => {
-            return Err(Rejection::invalid(format!(
-                "`media_urls` must be an array of strings, got {}",
-                type_name(other)
-            )));
-        }
-    };
-    if media.len() > MAX_MEDIA_URLS {
-        return Err(Rejection::invalid(format!(
-            "`media_urls` has {} entries; at most {MAX_MEDIA_URLS} are allowed",
-            media.len()
-        )));
-    }
-    for url in &media {
-        match reqwest::Url::parse(url) {
-            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
-            _ => {
-                return Err(Rejection::invalid(format!(
-                    "`media_urls` entries must be https URLs, got {:?}",
-                    truncate(url)
-                )));
-            }
-        }
-    }
-    let has_text = text.is_some_and(|t| !t.is_empty());
-    if !has_text && media.is_empty() {
-        return Err(Rejection::invalid("`text` or `media_urls` is required"));
-    }
-    let declared = optional_str(obj, "type")?;
-    let kind = match declared {
-        None => {
-            if media.is_empty() {
-                MessageKind::Sms
-            } else {
-                MessageKind::Mms
-            }
-        }
-        Some("SMS") if !media.is_empty() => {
-            return Err(Rejection::invalid("`type` is SMS but `media_urls` is set"));
-        }
-        Some("SMS") => MessageKind::Sms,
-        Some("MMS") => MessageKind::Mms,
-        Some(other) => {
-            return Err(Rejection::invalid(format!(
-                "`type` must be SMS or MMS, got {:?}",
-                truncate(other)
-            )));
-        }
-    };
-    let parts = match text {
-        Some(t) if !t.is_empty() => {
-            let seg = encoding::segments(t);
-            if kind == MessageKind::Sms && seg.parts > MAX_PARTS {
-                return Err(Rejection::invalid(format!(
-                    "`text` needs {} parts ({} {} units); at most {MAX_PARTS} are allowed",
-                    seg.parts,
-                    seg.units,
-                    match seg.encoding {
-                        encoding::Encoding::Gsm7 => "GSM-7",
-                        encoding::Encoding::Ucs2 => "UCS-2",
-                    }
-                )));
-            }
-            seg.parts
-        }
-        _ => 1,
-    };
-    Ok(Checked {
-        from: from.map(str::to_owned),
-        sender,
-        kind,
-        parts,
-    })
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(40).collect()
-}
-
-/// `+` then 2 to 15 digits, the first not 0.
-pub fn is_e164(s: &str) -> bool {
-    let Some(digits) = s.strip_prefix('+') else {
-        return false;
-    };
-    (2..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
-}
-
-/// Area codes of NANP toll-free numbers.
-const TOLL_FREE_AREA_CODES: [&str; 7] = ["800", "833", "844", "855", "866", "877", "888"];
-
-/// Which pacing class a `from` belongs to, or `None` if it is no valid sender.
-pub fn classify_sender(from: &str) -> Option<SenderClass> {
-    if is_e164(from) {
-        let digits = &from[1..];
-        if digits.len() == 11
-            && digits.starts_with('1')
-            && TOLL_FREE_AREA_CODES.contains(&&digits[1..4])
-        {
-            return Some(SenderClass::TollFree);
-        }
-        return Some(SenderClass::LongCode);
-    }
-    if (5..=6).contains(&from.len()) && from.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(SenderClass::ShortCode);
-    }
-    // Alphanumeric sender ID: 1 to 11 characters of letters, digits and spaces,
-    // at least one letter.
-    let len = from.chars().count();
-    if (1..=11).contains(&len)
-        && from.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ')
-        && from.chars().any(|c| c.is_ascii_alphabetic())
-        && from.trim() == from
-    {
-        return Some(SenderClass::Alphanumeric);
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +198,16 @@ mod tests {
 
     fn parse(body: &str) -> Result<Job, Rejection> {
         Job::parse(body.as_bytes(), &props("job-1"), 1 << 20, None)
+    }
+
+    /// A plain SMS with properties `p`, and `max_age`.
+    fn parse_props(p: &BasicProperties, max_age: Option<Duration>) -> Result<Job, Rejection> {
+        Job::parse(
+            br#"{"from":"+15551234567","to":"+15559876543","text":"x"}"#,
+            p,
+            1 << 20,
+            max_age,
+        )
     }
 
     fn reason(body: &str) -> (RejectionKind, String) {
@@ -567,37 +351,8 @@ mod tests {
     }
 
     #[test]
-    fn sender_classes() {
-        assert_eq!(classify_sender("+18005550100"), Some(SenderClass::TollFree));
-        assert_eq!(classify_sender("+18885550100"), Some(SenderClass::TollFree));
-        assert_eq!(classify_sender("+18335550100"), Some(SenderClass::TollFree));
-        assert_eq!(classify_sender("+18015550100"), Some(SenderClass::LongCode));
-        assert_eq!(
-            classify_sender("+448005550100"),
-            Some(SenderClass::LongCode)
-        );
-        assert_eq!(classify_sender("12345"), Some(SenderClass::ShortCode));
-        assert_eq!(classify_sender("123456"), Some(SenderClass::ShortCode));
-        assert_eq!(classify_sender("1234"), None);
-        assert_eq!(classify_sender("1234567"), None);
-        assert_eq!(classify_sender("ACME"), Some(SenderClass::Alphanumeric));
-        assert_eq!(
-            classify_sender("Acme Shop 1"),
-            Some(SenderClass::Alphanumeric)
-        );
-        assert_eq!(classify_sender("TooLongSenderX"), None);
-        assert_eq!(classify_sender("bad!"), None);
-    }
-
-    #[test]
     fn missing_job_id_is_a_validation_failure() {
-        let r = Job::parse(
-            br#"{"from":"+15551234567","to":"+15559876543","text":"x"}"#,
-            &BasicProperties::default(),
-            1 << 20,
-            None,
-        )
-        .unwrap_err();
+        let r = parse_props(&BasicProperties::default(), None).unwrap_err();
         assert_eq!(r.kind, RejectionKind::Validation);
         assert!(r.detail.contains("message_id"));
     }
@@ -610,13 +365,7 @@ mod tests {
             headers::EXPIRES_AT,
             headers::string("2030-01-01T00:00:00Z"),
         );
-        let j = Job::parse(
-            br#"{"from":"+15551234567","to":"+15559876543","text":"x"}"#,
-            &p,
-            1 << 20,
-            None,
-        )
-        .unwrap();
+        let j = parse_props(&p, None).unwrap();
         assert_eq!(j.attempt, 3);
         let d = j.deadline.unwrap();
         assert_eq!(
@@ -638,26 +387,14 @@ mod tests {
         assert_eq!(secs("tomorrow"), None);
         assert_eq!(secs("-5"), None);
         let p = headers::with_header(props("j"), headers::EXPIRES_AT, headers::string("soon"));
-        let r = Job::parse(
-            br#"{"from":"+15551234567","to":"+15559876543","text":"x"}"#,
-            &p,
-            1 << 20,
-            None,
-        )
-        .unwrap_err();
+        let r = parse_props(&p, None).unwrap_err();
         assert!(r.detail.contains("x-expires-at"));
     }
 
     #[test]
     fn max_age_counts_from_the_amqp_timestamp() {
         let p = props("j").with_timestamp(1_000);
-        let j = Job::parse(
-            br#"{"from":"+15551234567","to":"+15559876543","text":"x"}"#,
-            &p,
-            1 << 20,
-            Some(Duration::from_secs(60)),
-        )
-        .unwrap();
+        let j = parse_props(&p, Some(Duration::from_secs(60))).unwrap();
         assert_eq!(j.deadline, Some(UNIX_EPOCH + Duration::from_secs(1_060)));
     }
 }

@@ -9,11 +9,17 @@
 //! [`Behavior`] hook, flip an outage or revoke the key at runtime, through
 //! [`SimHandle`] or `POST /_sim/control`.
 
+mod scenarios;
+mod window;
+
+pub use scenarios::{Behavior, SimReply, scenario_for};
+pub use window::SimWindow;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,11 +28,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::encoding;
+use scenarios::{auth_failed, error_body, success_body};
+use window::Windows;
 
 /// How the simulator's `x-ratelimit-reset` is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,138 +83,10 @@ pub struct SimRequest {
     pub at_ms: u64,
 }
 
-/// A scripted answer.
-#[derive(Debug, Clone)]
-pub struct SimReply {
-    pub status: u16,
-    pub code: &'static str,
-    pub title: &'static str,
-    pub detail: String,
-    pub retry_after: Option<u64>,
-}
-
-impl SimReply {
-    pub fn error(
-        status: u16,
-        code: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
-        Self {
-            status,
-            code,
-            title,
-            detail: detail.into(),
-            retry_after: None,
-        }
-    }
-}
-
-/// A hook that may answer a request instead of the built-in scenarios.
-pub type Behavior = Arc<dyn Fn(&SimRequest) -> Option<SimReply> + Send + Sync>;
-
-/// The built-in scenarios, by destination number. Any other number succeeds.
-///
-/// | `to` | answer |
-/// |---|---|
-/// | +19990000400 | 400 / 10015 bad request (permanent) |
-/// | +19990000403 | 403 / 40300 blocked by STOP (permanent) |
-/// | +19990000422 | 422 / 40310 invalid `to` (permanent) |
-/// | +19990000401 | 401 / 10009 authentication failed (account-wide) |
-/// | +19990000402 | 402 / 20100 insufficient funds (account-wide) |
-/// | +19990000500 | 500 on every attempt (transient forever) |
-/// | +19990000503 | 503 on the first 2 tries of a body, then 200 |
-/// | +19990000318 | 403 / 40318 queue full on the first try, then 200 |
-/// | +19990000429 | 429 / 10011 with retry-after 1 on the first try, then 200 |
-pub fn scenario_for(to: &str, nth: u32) -> Option<SimReply> {
-    match to {
-        "+19990000400" => Some(SimReply::error(
-            400,
-            "10015",
-            "Bad Request",
-            "The request failed because it was not well-formed.",
-        )),
-        "+19990000403" => Some(SimReply::error(
-            403,
-            "40300",
-            "Blocked due to STOP message",
-            "Messages cannot be sent from the from number to the to number because the recipient replied STOP.",
-        )),
-        "+19990000422" => Some(SimReply::error(
-            422,
-            "40310",
-            "Invalid 'to' address",
-            "The 'to' address is not a valid destination.",
-        )),
-        "+19990000401" => Some(auth_failed()),
-        "+19990000402" => Some(SimReply::error(
-            402,
-            "20100",
-            "Insufficient funds",
-            "The account balance is too low to send messages.",
-        )),
-        "+19990000500" => Some(SimReply::error(
-            500,
-            "10007",
-            "Unexpected error",
-            "An unexpected error occurred.",
-        )),
-        "+19990000503" if nth <= 2 => Some(SimReply::error(
-            503,
-            "10006",
-            "Service unavailable",
-            "The service is temporarily unavailable.",
-        )),
-        "+19990000318" if nth <= 1 => Some(SimReply::error(
-            403,
-            "40318",
-            "Message queue full",
-            "The sending queue for this number is full; try again later.",
-        )),
-        "+19990000429" if nth <= 1 => Some(SimReply {
-            retry_after: Some(1),
-            ..SimReply::error(429, "10011", "Too many requests", "Rate limit exceeded.")
-        }),
-        _ => None,
-    }
-}
-
-fn auth_failed() -> SimReply {
-    SimReply::error(
-        401,
-        "10009",
-        "Authentication failed",
-        "The API key was not accepted.",
-    )
-}
-
-#[derive(Default)]
-struct Window {
-    started: Option<Instant>,
-    used: u64,
-    rejected: u64,
-    limit: u64,
-}
-
-/// One fixed rate-limit window, as the simulator counted it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SimWindow {
-    /// Milliseconds since the simulator started.
-    pub start_ms: u64,
-    /// The limit when the window ended (or now, for the current one).
-    pub limit: u64,
-    /// Requests counted against the limit.
-    pub used: u64,
-    /// Requests refused with 429 because the window was spent.
-    pub rejected: u64,
-}
-
 struct Sim {
     cfg: Mutex<SimConfig>,
     epoch: Instant,
-    window: Mutex<Window>,
-    /// Windows that have ended, oldest first.
-    windows: Mutex<Vec<SimWindow>>,
+    windows: Mutex<Windows>,
     seen: Mutex<HashMap<u64, u32>>,
     log: Mutex<Vec<SimRequest>>,
     total: AtomicU64,
@@ -292,17 +171,11 @@ impl SimHandle {
     /// Every rate-limit window so far, oldest first, the current one last.
     /// Windows start at the first request after the previous one ended.
     pub fn windows(&self) -> Vec<SimWindow> {
-        let mut out = self
-            .sim
+        self.sim
             .windows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let w = self.sim.window.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(current) = window_record(&self.sim, &w) {
-            out.push(current);
-        }
-        out
+            .all(self.sim.epoch)
     }
 
     /// Milliseconds since the simulator started (the clock of
@@ -314,17 +187,6 @@ impl SimHandle {
 
 fn millis_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-fn window_record(sim: &Sim, w: &Window) -> Option<SimWindow> {
-    let started = w.started?;
-    Some(SimWindow {
-        start_ms: u64::try_from(started.saturating_duration_since(sim.epoch).as_millis())
-            .unwrap_or(u64::MAX),
-        limit: w.limit,
-        used: w.used,
-        rejected: w.rejected,
-    })
 }
 
 fn apply_control(sim: &Sim, c: &SimControl) {
@@ -352,8 +214,7 @@ pub async fn start(
     let sim = Arc::new(Sim {
         cfg: Mutex::new(cfg),
         epoch: Instant::now(),
-        window: Mutex::new(Window::default()),
-        windows: Mutex::new(Vec::new()),
+        windows: Mutex::new(Windows::default()),
         seen: Mutex::new(HashMap::new()),
         log: Mutex::new(Vec::new()),
         total: AtomicU64::new(0),
@@ -407,81 +268,6 @@ fn hash(body: &[u8]) -> u64 {
     h.finish()
 }
 
-struct Limit {
-    limit: u64,
-    remaining: u64,
-    reset_in: Duration,
-    reset_style: ResetStyle,
-}
-
-impl Limit {
-    fn apply(&self, headers: &mut HeaderMap) {
-        let reset = match self.reset_style {
-            ResetStyle::Seconds => self.reset_in.as_secs_f64().ceil() as u64,
-            ResetStyle::Unix => (SystemTime::now() + self.reset_in)
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs_f64().ceil() as u64),
-        };
-        for (name, value) in [
-            ("x-ratelimit-limit", self.limit),
-            ("x-ratelimit-remaining", self.remaining),
-            ("x-ratelimit-reset", reset),
-        ] {
-            headers.insert(name, HeaderValue::from(value));
-        }
-    }
-}
-
-/// Take one request from the fixed window; `None` when it is exhausted.
-fn take(sim: &Sim, cfg: &SimConfig) -> (bool, Limit) {
-    let mut w = sim.window.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    let limit = if cfg.limit == 0 { 1_000_000 } else { cfg.limit };
-    let started = match w.started {
-        Some(s) if now.duration_since(s) < cfg.window => s,
-        _ => {
-            if let Some(done) = window_record(sim, &w) {
-                let mut windows = sim.windows.lock().unwrap_or_else(|e| e.into_inner());
-                // A bounded history: enough for any benchmark run.
-                if windows.len() >= 100_000 {
-                    windows.remove(0);
-                }
-                windows.push(done);
-            }
-            w.started = Some(now);
-            w.used = 0;
-            w.rejected = 0;
-            now
-        }
-    };
-    w.limit = limit;
-    let reset_in = cfg.window.saturating_sub(now.duration_since(started));
-    let ok = w.used < limit;
-    if ok {
-        w.used += 1;
-    } else {
-        w.rejected += 1;
-    }
-    (
-        ok,
-        Limit {
-            limit,
-            remaining: limit.saturating_sub(w.used),
-            reset_in,
-            reset_style: cfg.reset_style,
-        },
-    )
-}
-
-fn error_body(r: &SimReply) -> Value {
-    json!({"errors": [{
-        "code": r.code,
-        "title": r.title,
-        "detail": r.detail,
-        "meta": {"url": format!("https://developers.telnyx.com/docs/messaging/messages/error-codes#{}", r.code)}
-    }]})
-}
-
 async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let cfg = sim.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if !cfg.latency.is_zero() {
@@ -511,7 +297,11 @@ async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
         at_ms: 0,
     };
 
-    let (allowed, limit) = take(&sim, &cfg);
+    let (allowed, limit) = sim
+        .windows
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(&cfg, sim.epoch);
     req.at_ms = millis_since(sim.epoch);
     let token = headers
         .get("authorization")
@@ -585,33 +375,4 @@ async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
     };
     sim.log.lock().unwrap_or_else(|e| e.into_inner()).push(req);
     response
-}
-
-fn success_body(req: &Value) -> Value {
-    let text = req.get("text").and_then(Value::as_str).unwrap_or("");
-    let media = req
-        .get("media_urls")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    let seg = encoding::segments(text);
-    let mms = media > 0 || req.get("type").and_then(Value::as_str) == Some("MMS");
-    let parts = if mms { 1 } else { seg.parts };
-    let cost = if mms { 0.015 } else { 0.004 * f64::from(parts) };
-    json!({"data": {
-        "record_type": "message",
-        "direction": "outbound",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": if mms { "MMS" } else { "SMS" },
-        "messaging_profile_id": req.get("messaging_profile_id").cloned().unwrap_or(Value::Null),
-        "from": {"phone_number": req.get("from").cloned().unwrap_or(Value::Null), "carrier": "Telnyx", "line_type": "Wireless"},
-        "to": [{"phone_number": req.get("to").cloned().unwrap_or(Value::Null), "status": "queued", "carrier": "CARRIER", "line_type": "Wireless"}],
-        "text": text,
-        "media": req.get("media_urls").cloned().unwrap_or(json!([])),
-        "encoding": match seg.encoding { encoding::Encoding::Gsm7 => "GSM-7", encoding::Encoding::Ucs2 => "UCS-2" },
-        "parts": parts,
-        "cost": {"amount": format!("{cost:.4}"), "currency": "USD"},
-        "errors": [],
-        "valid_until": null,
-        "webhook_url": req.get("webhook_url").cloned().unwrap_or(Value::Null),
-    }})
 }

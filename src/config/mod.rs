@@ -1,18 +1,21 @@
 //! Layered configuration: the built-in `config/default.toml`, then an optional
 //! file (`--config FILE`), then `SEND_WORKER__<SECTION>__<KEY>` environment
 //! variables. `TELNYX_API_KEY` is accepted for the API key, as the SDKs do.
+//! The checks on the values are in [`validate`](Settings::validate).
+
+mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
 /// The defaults, compiled in so the binary needs no file beside it.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 pub const ENV_PREFIX: &str = "SEND_WORKER";
 
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +26,14 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub amqp: AmqpSettings,
@@ -44,7 +47,7 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     pub url: Secret,
@@ -61,7 +64,7 @@ pub struct AmqpSettings {
     pub reconnect_max_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelnyxSettings {
     pub base_url: String,
@@ -72,7 +75,7 @@ pub struct TelnyxSettings {
     pub pool_max_idle_per_host: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub max_body_bytes: usize,
@@ -81,7 +84,7 @@ pub struct WorkerSettings {
     pub halt_probe_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitSettings {
     pub enabled: bool,
@@ -92,7 +95,7 @@ pub struct CircuitSettings {
     pub max_cool_down_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
     pub base_ms: u64,
@@ -102,7 +105,7 @@ pub struct RetrySettings {
     pub max_rate_limit_bounces: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimiterSettings {
     pub initial_rate: f64,
@@ -118,7 +121,7 @@ fn default_headroom() -> f64 {
     0.015
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PacingSettings {
     #[serde(default)]
@@ -139,13 +142,13 @@ pub struct PacingSettings {
     pub numbers: BTreeMap<String, f64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Auto,
@@ -153,7 +156,7 @@ pub enum LogFormat {
     Text,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
@@ -207,131 +210,15 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks that do not need the API key (simulate, demo, dlq).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self
-            .amqp
-            .url
-            .expose()
-            .parse::<lapin::uri::AMQPUri>()
-            .is_err()
-        {
-            return Err(invalid("amqp.url", "not an amqp:// or amqps:// URL"));
+    /// The configuration as TOML, in the layout of `config/default.toml`.
+    /// Secrets are `[redacted]` unless `reveal_secrets` (for a file a child
+    /// process reads; never for output).
+    pub fn to_toml(&self, reveal_secrets: bool) -> Result<String, toml::ser::Error> {
+        if reveal_secrets {
+            crate::secret::revealed(|| toml::to_string(self))
+        } else {
+            toml::to_string(self)
         }
-        for (key, value) in [
-            ("amqp.exchange", &self.amqp.exchange),
-            ("amqp.routing_key", &self.amqp.routing_key),
-            ("amqp.queue", &self.amqp.queue),
-            ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
-            ("amqp.dead_routing_key", &self.amqp.dead_routing_key),
-            ("amqp.retry_queue_prefix", &self.amqp.retry_queue_prefix),
-        ] {
-            if value.trim().is_empty() {
-                return Err(invalid(key, "must not be empty"));
-            }
-        }
-        if self.amqp.prefetch == 0 {
-            return Err(invalid("amqp.prefetch", "must be at least 1"));
-        }
-        match reqwest::Url::parse(&self.telnyx.base_url) {
-            Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}
-            _ => return Err(invalid("telnyx.base_url", "not an http(s) URL")),
-        }
-        if self.telnyx.max_in_flight == 0 {
-            return Err(invalid("telnyx.max_in_flight", "must be at least 1"));
-        }
-        if self.telnyx.request_timeout_ms == 0 {
-            return Err(invalid("telnyx.request_timeout_ms", "must be positive"));
-        }
-        if self.retry.max_attempts == 0 {
-            return Err(invalid("retry.max_attempts", "must be at least 1"));
-        }
-        if self.retry.base_ms == 0 {
-            return Err(invalid("retry.base_ms", "must be positive"));
-        }
-        if !(self.retry.factor >= 1.0 && self.retry.factor.is_finite()) {
-            return Err(invalid("retry.factor", "must be a finite number >= 1"));
-        }
-        if self.retry.cap_ms < self.retry.base_ms {
-            return Err(invalid("retry.cap_ms", "must be at least retry.base_ms"));
-        }
-        let l = &self.limiter;
-        if !(l.min_rate > 0.0 && l.min_rate <= l.initial_rate && l.initial_rate <= l.max_rate) {
-            return Err(invalid(
-                "limiter.initial_rate",
-                "need 0 < min_rate <= initial_rate <= max_rate",
-            ));
-        }
-        if l.burst == 0 {
-            return Err(invalid("limiter.burst", "must be at least 1"));
-        }
-        if !(0.0..0.5).contains(&l.headroom) {
-            return Err(invalid("limiter.headroom", "must be in [0, 0.5)"));
-        }
-        for (key, v) in [
-            (
-                "pacing.account_sms_per_second",
-                self.pacing.account_sms_per_second,
-            ),
-            (
-                "pacing.account_mms_per_second",
-                self.pacing.account_mms_per_second,
-            ),
-            (
-                "pacing.long_code_per_second",
-                self.pacing.long_code_per_second,
-            ),
-            (
-                "pacing.toll_free_per_second",
-                self.pacing.toll_free_per_second,
-            ),
-            (
-                "pacing.short_code_per_second",
-                self.pacing.short_code_per_second,
-            ),
-            (
-                "pacing.alphanumeric_per_second",
-                self.pacing.alphanumeric_per_second,
-            ),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err(invalid(key, "must be a number >= 0"));
-            }
-        }
-        if let Some((_, v)) = self
-            .pacing
-            .numbers
-            .iter()
-            .find(|(_, v)| !(**v >= 0.0 && v.is_finite()))
-        {
-            return Err(invalid("pacing.numbers", format!("rate {v} must be >= 0")));
-        }
-        let c = &self.circuit;
-        if !(c.failure_ratio > 0.0 && c.failure_ratio <= 1.0) {
-            return Err(invalid("circuit.failure_ratio", "must be in (0, 1]"));
-        }
-        if c.min_failures == 0 || c.window_ms == 0 || c.cool_down_ms == 0 {
-            return Err(invalid(
-                "circuit.min_failures",
-                "min_failures, window_ms and cool_down_ms must be positive",
-            ));
-        }
-        if c.max_cool_down_ms < c.cool_down_ms {
-            return Err(invalid(
-                "circuit.max_cool_down_ms",
-                "must be at least circuit.cool_down_ms",
-            ));
-        }
-        if self.worker.halt_probe_secs == 0 {
-            return Err(invalid("worker.halt_probe_secs", "must be at least 1"));
-        }
-        if self.http.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "http.listen",
-                "not a socket address like 0.0.0.0:9090",
-            ));
-        }
-        Ok(())
     }
 
     /// The extra check `send-worker run` makes against the real API.
@@ -475,6 +362,33 @@ mod tests {
         assert_eq!(s.pacing.numbers.get("+18005550100"), Some(&2.5));
         let missing = Settings::load_with_env(Some(&dir.join("nope.toml")), env(&[])).unwrap_err();
         assert!(missing.to_string().contains("--config"));
+    }
+
+    #[test]
+    fn settings_round_trip_through_toml_with_secrets_only_when_revealed() {
+        let mut s = Settings::load_with_env(
+            None,
+            env(&[
+                ("SEND_WORKER__TELNYX__API_KEY", "KEY-SUPER-SECRET"),
+                ("SEND_WORKER__AMQP__PREFETCH", "17"),
+            ]),
+        )
+        .unwrap();
+        s.pacing.numbers.insert("+18005550100".into(), 2.5);
+        let shown = s.to_toml(false).unwrap();
+        assert!(!shown.contains("KEY-SUPER-SECRET"), "{shown}");
+        assert!(!shown.contains("guest:guest"), "{shown}");
+        let dir = std::env::temp_dir().join(format!("sw-toml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, s.to_toml(true).unwrap()).unwrap();
+        let back = Settings::load_with_env(Some(&path), env(&[])).unwrap();
+        assert_eq!(back.telnyx.api_key.expose(), "KEY-SUPER-SECRET");
+        assert_eq!(back.amqp.url.expose(), s.amqp.url.expose());
+        assert_eq!(back.amqp.prefetch, 17);
+        assert_eq!(back.pacing.numbers.get("+18005550100"), Some(&2.5));
+        // Every key survives: the two serialize to the same text.
+        assert_eq!(back.to_toml(true).unwrap(), s.to_toml(true).unwrap());
     }
 
     #[test]

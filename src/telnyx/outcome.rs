@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
 
-use crate::telnyx::{ApiResult, TransportError};
+use super::client::{ApiResult, TransportError};
 
 /// Codes that mean the whole account is unusable until someone acts.
 pub const HALT_CODES: [&str; 4] = ["10009", "20100", "20012", "40333"];

@@ -11,8 +11,8 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-use crate::state::WorkerState;
+use crate::ops::metrics::Metrics;
+use crate::ops::state::WorkerState;
 
 #[derive(Clone)]
 struct Ops {

@@ -1,27 +1,30 @@
 //! The runner: connects, declares the topology, consumes, spawns one task
 //! per delivery, and supervises the whole thing. It reconnects with backoff
 //! when the broker goes away, stops consuming on an account-wide halt (and
-//! probes until the account works again), and drains on shutdown.
+//! probes until the account works again, [`halt`]), and drains on shutdown.
+//! What happens to one job is the pipeline's business, not the runner's.
+
+mod halt;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::broker::{self, BrokerError, Publisher, Topology};
-use crate::circuit::CircuitBreaker;
+use crate::amqp::{self, BrokerError, Publisher, Topology};
 use crate::config::Settings;
 use crate::limiter::RateControl;
-use crate::metrics::Metrics;
-use crate::pipeline::{JobSignals, Pipeline, Settled};
+use crate::ops::metrics::Metrics;
+use crate::ops::state::WorkerState;
+use crate::pipeline::circuit::CircuitBreaker;
+use crate::pipeline::{JobSignals, Pipeline};
 use crate::retry::Backoff;
-use crate::state::WorkerState;
 use crate::telnyx::TelnyxClient;
 
 /// The parts of a worker that outlive one broker session.
@@ -101,7 +104,7 @@ impl Worker {
     }
 
     async fn connect(&self) -> Result<(lapin::Connection, Publisher), BrokerError> {
-        let conn = broker::connect(&self.settings.amqp.url, "send-worker").await?;
+        let conn = amqp::connect(&self.settings.amqp.url, "send-worker").await?;
         if self.settings.amqp.declare_topology {
             let ch = conn.create_channel().await?;
             self.topology().declare(&ch).await?;
@@ -203,71 +206,5 @@ impl Worker {
         self.state.set_connected(false);
         self.state.set_draining(false);
         end
-    }
-
-    /// While halted, take one job every interval and send it as a probe. The
-    /// first probe that is not itself an account-wide failure ends the halt.
-    /// Returns false on shutdown.
-    async fn wait_out_halt(&self, shutdown: &CancellationToken) -> bool {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(self.halt_probe_interval) => {}
-            }
-            match self.probe(shutdown).await {
-                Ok(true) => {
-                    if self.state.resume() {
-                        info!("probe succeeded: the account works again; resuming");
-                    }
-                    return true;
-                }
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "halt probe could not reach the broker"),
-            }
-        }
-    }
-
-    /// One probe round. Ok(true): resume. Ok(false): still halted.
-    ///
-    /// Jobs are taken one at a time with basic.get and sent through the
-    /// normal pipeline. A sent job proves the account works; a job halted
-    /// again proves it does not. Anything else (an invalid job, a permanent
-    /// or transient failure) is settled normally and says nothing about the
-    /// account, so the next job is tried, up to a bound. An empty queue
-    /// resumes: real jobs will show whether the account works.
-    async fn probe(&self, shutdown: &CancellationToken) -> Result<bool, BrokerError> {
-        const MAX_JOBS_PER_PROBE: usize = 20;
-        let (conn, publisher) = self.connect().await?;
-        let pipeline = self.pipeline(publisher);
-        let channel = conn.create_channel().await?;
-        let mut result = false;
-        for _ in 0..MAX_JOBS_PER_PROBE {
-            let got = channel
-                .basic_get(
-                    self.settings.amqp.queue.as_str().into(),
-                    BasicGetOptions::default(),
-                )
-                .await?;
-            let Some(message) = got else {
-                result = true;
-                break;
-            };
-            let signals = JobSignals {
-                cancel: shutdown.child_token(),
-                halt: CancellationToken::new(),
-            };
-            match pipeline.handle(message.delivery, &signals).await {
-                Settled::Sent => {
-                    result = true;
-                    break;
-                }
-                Settled::Halted | Settled::Failed => break,
-                Settled::Requeued => break, // shutdown
-                Settled::Retried | Settled::DeadLettered => {}
-            }
-        }
-        let _ = channel.close(200, "probe done".into()).await;
-        let _ = conn.close(200, "probe done".into()).await;
-        Ok(result)
     }
 }

@@ -3,32 +3,17 @@
 //! one is accounted for, prints a summary, and removes what it declared.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
-use tokio_util::sync::CancellationToken;
-
-use crate::broker::{self, BrokerError};
+use crate::amqp::headers;
 use crate::config::Settings;
-use crate::headers;
-use crate::metrics::Metrics;
-use crate::secret::Secret;
-use crate::simulator::{self, SimConfig};
-use crate::telnyx::TelnyxClient;
-use crate::worker::Worker;
+use crate::sim::SimConfig;
+use crate::testkit::{KitError, Sandbox, job_props};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error("AMQP error: {0}")]
-    Amqp(#[from] lapin::Error),
-    #[error("could not start the simulator: {0}")]
-    Simulator(#[from] std::io::Error),
-    #[error("HTTP client: {0}")]
-    Client(#[from] crate::telnyx::ClientError),
+    Kit(#[from] KitError),
     #[error("the demo did not finish within {0:?}: {1}")]
     Timeout(Duration, String),
 }
@@ -177,51 +162,44 @@ impl std::fmt::Display for DemoReport {
     }
 }
 
+/// `send-worker demo`: the demo's output is its summary, so per-job logs
+/// stay quiet unless `SEND_WORKER__LOG__LEVEL` asks for them.
+pub async fn command(mut settings: Settings, jobs: usize, timeout_secs: u64) -> anyhow::Result<()> {
+    if std::env::var_os("SEND_WORKER__LOG__LEVEL").is_none() {
+        settings.log.level = "error".into();
+    }
+    super::init_logging(Some(&settings));
+    let report = run(settings, jobs, Duration::from_secs(timeout_secs)).await?;
+    println!("{report}");
+    Ok(())
+}
+
 /// Run the demo with `jobs` sample jobs against the broker in `settings`.
 pub async fn run(base: Settings, jobs: usize, timeout: Duration) -> Result<DemoReport, DemoError> {
     let started = Instant::now();
-    // Fail fast, with the URL and how to start a broker, if there is none.
-    let conn = broker::connect(&base.amqp.url, "send-worker-demo").await?;
-
-    let shutdown = CancellationToken::new();
-    let sim = simulator::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        SimConfig {
-            api_key: Some("demo-key".into()),
-            ..SimConfig::default()
-        },
-        shutdown.clone(),
-    )
+    let sandbox = Sandbox::open("demo", base, SimConfig::default(), |s| {
+        s.retry.base_ms = 200;
+        s.retry.cap_ms = 2_000;
+        s.worker.shutdown_grace_secs = 5;
+    })
     .await?;
+    let result = drive(&sandbox, jobs, timeout).await;
+    sandbox.cleanup().await;
+    let mut report = result?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
 
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let prefix = format!("demo-{}", &tag[..8]);
-    let mut settings = base.clone();
-    settings.amqp.exchange = format!("{prefix}.messages");
-    settings.amqp.queue = format!("{prefix}.messages.send");
-    settings.amqp.dead_letter_queue = format!("{prefix}.messages.send.dead");
-    settings.amqp.retry_queue_prefix = format!("{prefix}.messages.send.retry");
-    settings.amqp.events_exchange = format!("{prefix}.messages.events");
-    settings.telnyx.base_url = sim.base_url();
-    settings.telnyx.api_key = Secret::new("demo-key");
-    settings.retry.base_ms = 200;
-    settings.retry.cap_ms = 2_000;
-    settings.worker.shutdown_grace_secs = 5;
-
-    let metrics = Metrics::new();
-    let api = TelnyxClient::new(&settings.telnyx)?;
-    let worker = Worker::new(settings.clone(), api, metrics.clone());
-    let topology = worker.topology();
-    let ch = conn.create_channel().await?;
-    topology.declare(&ch).await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-
+/// Publish the sample jobs, run a worker until every one is accounted for,
+/// and read the DLQ's reasons.
+async fn drive(sandbox: &Sandbox, jobs: usize, timeout: Duration) -> Result<DemoReport, DemoError> {
     let total_weight: usize = KINDS.iter().map(|k| k.weight).sum();
     let mut report = DemoReport {
         published: jobs,
         ..DemoReport::default()
     };
     let mut per_kind = vec![0usize; KINDS.len()];
+    let mut batch = Vec::with_capacity(jobs);
     for i in 0..jobs {
         let mut slot = (i * 7919) % total_weight;
         let mut kind = 0;
@@ -238,47 +216,29 @@ pub async fn run(base: Settings, jobs: usize, timeout: Duration) -> Result<DemoR
         } else {
             report.expected_dead += 1;
         }
-        let props = BasicProperties::default()
-            .with_message_id(format!("{prefix}-{i}").into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_timestamp(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            );
-        ch.basic_publish(
-            settings.amqp.exchange.as_str().into(),
-            settings.amqp.routing_key.as_str().into(),
-            BasicPublishOptions::default(),
-            &body_for(kind, i),
-            props,
-        )
-        .await?
-        .await?;
+        batch.push((
+            body_for(kind, i),
+            job_props(&format!("{}-{i}", sandbox.prefix)),
+        ));
     }
+    sandbox.publish_all(batch).await?;
     report.per_kind = KINDS
         .iter()
         .zip(&per_kind)
         .map(|(k, n)| (k.name.to_owned(), *n, k.expect_sent))
         .collect();
 
-    let run_token = CancellationToken::new();
-    let w = worker.clone();
-    let t = run_token.clone();
-    let handle = tokio::spawn(async move { w.run(t).await });
-
+    let running = sandbox.start_worker(sandbox.worker()?);
+    let dlq = &sandbox.settings.amqp.dead_letter_queue;
     let deadline = Instant::now() + timeout;
     loop {
-        let accepted = sim.stats().accepted;
-        let dead = broker::queue_depth(&ch, &settings.amqp.dead_letter_queue).await?;
+        let accepted = sandbox.sim.stats().accepted;
+        let dead = sandbox.depth(dlq).await?;
         if accepted as usize >= report.expected_sent && dead as usize >= report.expected_dead {
             break;
         }
         if Instant::now() > deadline {
-            run_token.cancel();
-            let _ = handle.await;
-            topology.delete(&ch).await;
+            running.stop().await;
             return Err(DemoError::Timeout(
                 timeout,
                 format!(
@@ -289,36 +249,23 @@ pub async fn run(base: Settings, jobs: usize, timeout: Duration) -> Result<DemoR
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    run_token.cancel();
-    let _ = handle.await;
+    let worker = running.stop().await;
 
-    // Read the DLQ's reasons.
-    while let Some(m) = ch
-        .basic_get(
-            settings.amqp.dead_letter_queue.as_str().into(),
-            BasicGetOptions::default(),
-        )
-        .await?
-    {
-        let reason = headers::get_string(&m.delivery.properties, headers::ERROR_REASON)
-            .unwrap_or_else(|| "(none)".into());
+    for (props, _) in sandbox.drain_queue(dlq).await? {
+        let reason =
+            headers::get_string(&props, headers::ERROR_REASON).unwrap_or_else(|| "(none)".into());
         *report.dead_by_reason.entry(reason).or_default() += 1;
-        m.delivery.acker.ack(BasicAckOptions::default()).await?;
     }
-    let stats = sim.stats();
+    let stats = sandbox.sim.stats();
     report.sent = stats.accepted;
     report.api_requests = stats.requests;
-    report.retries_scheduled = metrics
-        .outcomes
-        .get_metric_with_label_values(&["retried", "transient"])
-        .map_or(0, |c| c.get())
-        + metrics
+    let retried = |reason: &str| {
+        worker
+            .metrics
             .outcomes
-            .get_metric_with_label_values(&["retried", "rate_limited"])
-            .map_or(0, |c| c.get());
-    topology.delete(&ch).await;
-    let _ = conn.close(200, "demo done".into()).await;
-    shutdown.cancel();
-    report.elapsed = started.elapsed();
+            .get_metric_with_label_values(&["retried", reason])
+            .map_or(0, |c| c.get())
+    };
+    report.retries_scheduled = retried("transient") + retried("rate_limited");
     Ok(report)
 }

@@ -1,6 +1,6 @@
 //! The Telnyx API client: one pooled reqwest client on rustls, with connect
 //! and request timeouts from config and no retries of its own (retries belong
-//! to the pipeline). It reports what happened; [`crate::outcome::classify`]
+//! to the pipeline). It reports what happened; [`super::classify`]
 //! decides what it means.
 
 use std::time::{Duration, Instant};

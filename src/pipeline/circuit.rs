@@ -3,7 +3,7 @@
 //! spending every job's attempts on an API that is down.
 //!
 //! - **Closed**: every job passes. Each API answer is recorded in a sliding
-//!   window of `window_secs`. When the window holds at least `min_failures`
+//!   window of `window_ms`. When the window holds at least `min_failures`
 //!   outage-like failures and they are at least `failure_ratio` of its
 //!   answers, the circuit opens.
 //! - **Open**: no job is sent. Jobs already taken wait here, unsent and
@@ -11,10 +11,10 @@
 //!   consumption pauses); on shutdown they go back to the queue.
 //! - **Half-open**: after the cool-down, exactly one job is let through as a
 //!   probe. A healthy answer closes the circuit; another outage answer opens
-//!   it again with the cool-down doubled (up to `max_cool_down_secs`).
+//!   it again with the cool-down doubled (up to `max_cool_down_ms`).
 //!
 //! What counts as healthy or as an outage is read off the one classification
-//! ([`crate::outcome::Outcome`]); this module adds no judgement of its own.
+//! ([`crate::telnyx::Outcome`]); this module adds no judgement of its own.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::CircuitSettings;
-use crate::outcome::Outcome;
-use crate::state::{Circuit, WorkerState};
+use crate::ops::state::{Circuit, WorkerState};
+use crate::telnyx::Outcome;
 
 /// How the circuit let a job through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,8 +206,8 @@ impl CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::outcome::{Accepted, Failure};
+    use crate::ops::metrics::Metrics;
+    use crate::telnyx::{Accepted, Failure};
 
     fn settings() -> CircuitSettings {
         CircuitSettings {

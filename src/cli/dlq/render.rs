@@ -1,0 +1,333 @@
+//! How DLQ entries are printed: the table, the full view of one entry, JSON,
+//! and the defences against producer text that could drive a terminal.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::BasicProperties;
+use lapin::types::AMQPValue;
+use serde_json::{Map, Value, json};
+
+use super::Report;
+use super::entry::Entry;
+
+/// "dlq replay: examined 2000/52000, matched 800, replayed 780, failed 0"
+pub(super) fn progress(
+    err: &mut dyn Write,
+    every: u64,
+    command: &str,
+    report: &Report,
+    (done, n): (&str, u64),
+) -> std::io::Result<()> {
+    if every > 0 && report.scanned > 0 && report.scanned.is_multiple_of(every) {
+        writeln!(
+            err,
+            "dlq {command}: examined {}/{}, matched {}, {done} {n}, failed {}",
+            report.scanned, report.total, report.matched, report.failed
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// "42s", "17m", "5h12m", "3d4h".
+pub fn format_age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => {
+            let (h, m) = (s / 3600, (s % 3600) / 60);
+            if m == 0 {
+                format!("{h}h")
+            } else {
+                format!("{h}h{m}m")
+            }
+        }
+        _ => {
+            let (d, h) = (s / 86_400, (s % 86_400) / 3600);
+            if h == 0 {
+                format!("{d}d")
+            } else {
+                format!("{d}d{h}h")
+            }
+        }
+    }
+}
+
+/// One line of text from producer- or API-supplied data: control characters
+/// (which could drive the terminal) become `?`, runs of whitespace a space.
+pub(super) fn one_line(s: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    let mut last_space = false;
+    for c in s.chars() {
+        let c = if c.is_whitespace() {
+            ' '
+        } else if c.is_control() {
+            '?'
+        } else {
+            c
+        };
+        if c == ' ' && last_space {
+            continue;
+        }
+        last_space = c == ' ';
+        if count == max_chars {
+            out.push('…');
+            return out;
+        }
+        out.push(c);
+        count += 1;
+    }
+    out
+}
+
+/// Multi-line text with control characters other than newline and tab escaped.
+pub(super) fn safe_text(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+const TABLE_HEADER: &str = "JOB ID                                 REASON              CODE    STATUS  ATTEMPTS  AGE      DETAIL";
+
+/// A table row, after the header if it is the first.
+pub(super) fn write_row(
+    out: &mut dyn Write,
+    header_done: &mut bool,
+    e: &Entry,
+    now: SystemTime,
+) -> std::io::Result<()> {
+    if !*header_done {
+        writeln!(out, "{TABLE_HEADER}")?;
+        *header_done = true;
+    }
+    writeln!(out, "{}", table_row(e, now))
+}
+
+pub(super) fn table_row(e: &Entry, now: SystemTime) -> String {
+    let dash = || "-".to_owned();
+    let detail = match (&e.title, &e.detail, &e.death_queue) {
+        (_, Some(d), _) => d.clone(),
+        (Some(t), None, _) => t.clone(),
+        (None, None, Some(q)) => format!("dead-lettered by RabbitMQ from {q}"),
+        (None, None, None) => String::new(),
+    };
+    format!(
+        "{:<38} {:<19} {:<7} {:<7} {:>8}  {:<8} {}",
+        e.job_id.as_deref().map_or_else(dash, |s| one_line(s, 64)),
+        one_line(&e.reason, 40),
+        e.code.as_deref().map_or_else(dash, |s| one_line(s, 16)),
+        e.http_status.map_or_else(dash, |s| s.to_string()),
+        e.attempts.map_or_else(dash, |a| a.to_string()),
+        e.age(now).map_or_else(dash, format_age),
+        one_line(&detail, 60),
+    )
+}
+
+pub(super) fn by_reason_line(by_reason: &BTreeMap<String, u64>) -> String {
+    if by_reason.is_empty() {
+        return "none".to_owned();
+    }
+    let mut v: Vec<_> = by_reason.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(r, n)| format!("{} {n}", one_line(r, 40)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn properties_json(p: &BasicProperties) -> Map<String, Value> {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), v);
+        }
+    };
+    put(
+        "message_id",
+        p.message_id().as_ref().map(|v| json!(v.as_str())),
+    );
+    put(
+        "content_type",
+        p.content_type().as_ref().map(|v| json!(v.as_str())),
+    );
+    put(
+        "content_encoding",
+        p.content_encoding().as_ref().map(|v| json!(v.as_str())),
+    );
+    put("delivery_mode", p.delivery_mode().map(|v| json!(v)));
+    put("priority", p.priority().map(|v| json!(v)));
+    put(
+        "correlation_id",
+        p.correlation_id().as_ref().map(|v| json!(v.as_str())),
+    );
+    put("reply_to", p.reply_to().as_ref().map(|v| json!(v.as_str())));
+    put(
+        "expiration",
+        p.expiration().as_ref().map(|v| json!(v.as_str())),
+    );
+    put(
+        "timestamp",
+        p.timestamp()
+            .map(|t| json!(rfc3339(UNIX_EPOCH + Duration::from_secs(t)))),
+    );
+    put("type", p.kind().as_ref().map(|v| json!(v.as_str())));
+    put("user_id", p.user_id().as_ref().map(|v| json!(v.as_str())));
+    put("app_id", p.app_id().as_ref().map(|v| json!(v.as_str())));
+    put(
+        "cluster_id",
+        p.cluster_id().as_ref().map(|v| json!(v.as_str())),
+    );
+    m
+}
+
+/// An AMQP value as JSON (timestamps as RFC 3339, byte arrays escaped).
+pub fn amqp_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(i) => json!(i),
+        AMQPValue::ShortShortUInt(i) => json!(i),
+        AMQPValue::ShortInt(i) => json!(i),
+        AMQPValue::ShortUInt(i) => json!(i),
+        AMQPValue::LongInt(i) => json!(i),
+        AMQPValue::LongUInt(i) => json!(i),
+        AMQPValue::LongLongInt(i) => json!(i),
+        AMQPValue::Float(f) => json!(f),
+        AMQPValue::Double(f) => json!(f),
+        AMQPValue::DecimalValue(d) => {
+            json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_json).collect()),
+        AMQPValue::Timestamp(t) => json!(rfc3339(UNIX_EPOCH + Duration::from_secs(*t))),
+        AMQPValue::FieldTable(t) => Value::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), amqp_json(v)))
+                .collect(),
+        ),
+        AMQPValue::ByteArray(b) => json!(b.as_slice().escape_ascii().to_string()),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+fn headers_json(p: &BasicProperties) -> Map<String, Value> {
+    p.headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), amqp_json(v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The body as JSON if it is JSON, else as text if UTF-8, else escaped bytes.
+enum Body {
+    Json(Value),
+    Text(String),
+    Bytes(String),
+}
+
+fn body(data: &[u8]) -> Body {
+    match std::str::from_utf8(data) {
+        Ok(s) => match serde_json::from_str::<Value>(s) {
+            Ok(v) => Body::Json(v),
+            Err(_) => Body::Text(s.to_owned()),
+        },
+        Err(_) => Body::Bytes(data.escape_ascii().to_string()),
+    }
+}
+
+pub(super) fn write_entry(
+    out: &mut dyn Write,
+    props: &BasicProperties,
+    data: &[u8],
+    redelivered: bool,
+    now: SystemTime,
+) -> std::io::Result<()> {
+    let e = Entry::from_props(props);
+    let field = |v: &Option<String>| v.as_deref().map_or_else(|| "-".to_owned(), safe_text);
+    writeln!(out, "job id:       {}", field(&e.job_id))?;
+    writeln!(out, "reason:       {}", safe_text(&e.reason))?;
+    writeln!(out, "code:         {}", field(&e.code))?;
+    writeln!(out, "title:        {}", field(&e.title))?;
+    writeln!(out, "detail:       {}", field(&e.detail))?;
+    writeln!(
+        out,
+        "http status:  {}",
+        e.http_status
+            .map_or_else(|| "-".to_owned(), |s| s.to_string())
+    )?;
+    writeln!(
+        out,
+        "attempts:     {}",
+        e.attempts.map_or_else(|| "-".to_owned(), |s| s.to_string())
+    )?;
+    match e.failed_at {
+        Some(at) => writeln!(
+            out,
+            "failed at:    {} ({} ago)",
+            rfc3339(at),
+            format_age(e.age(now).unwrap_or_default())
+        )?,
+        None => writeln!(out, "failed at:    -")?,
+    }
+    writeln!(
+        out,
+        "deliveries:   {} (redelivered: {redelivered})",
+        e.delivery_count.unwrap_or(0) + 1
+    )?;
+    writeln!(out, "properties:")?;
+    for (k, v) in properties_json(props) {
+        writeln!(out, "  {k}: {v}")?;
+    }
+    writeln!(out, "headers:")?;
+    for (k, v) in headers_json(props) {
+        writeln!(out, "  {}: {v}", safe_text(&k))?;
+    }
+    match body(data) {
+        Body::Json(v) => {
+            let pretty = serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string());
+            writeln!(out, "body ({} bytes, JSON):\n{pretty}", data.len())?;
+        }
+        Body::Text(s) => writeln!(out, "body ({} bytes, text):\n{}", data.len(), safe_text(&s))?,
+        Body::Bytes(s) => writeln!(out, "body ({} bytes, not UTF-8):\n{s}", data.len())?,
+    }
+    Ok(())
+}
+
+pub(super) fn entry_json(
+    props: &BasicProperties,
+    data: &[u8],
+    redelivered: bool,
+    now: SystemTime,
+) -> Value {
+    let mut v = Entry::from_props(props).json(now);
+    if let Value::Object(m) = &mut v {
+        m.insert("redelivered".into(), json!(redelivered));
+        m.insert("properties".into(), Value::Object(properties_json(props)));
+        m.insert("headers".into(), Value::Object(headers_json(props)));
+        let (k, b) = match body(data) {
+            Body::Json(j) => ("body", j),
+            Body::Text(s) => ("body_text", json!(s)),
+            Body::Bytes(s) => ("body_bytes_escaped", json!(s)),
+        };
+        m.insert(k.into(), b);
+    }
+    v
+}

@@ -1,0 +1,34 @@
+//! `send-worker run`: the worker, its ops endpoints, and the signals that
+//! drain it.
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{init_logging, install_signals};
+use crate::config::Settings;
+use crate::ops::metrics::Metrics;
+use crate::telnyx::TelnyxClient;
+use crate::worker::Worker;
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    settings.require_api_key()?;
+    init_logging(Some(&settings));
+    let shutdown = CancellationToken::new();
+    install_signals(shutdown.clone());
+    let metrics = Metrics::new();
+    let api = TelnyxClient::new(&settings.telnyx).context("building the Telnyx client")?;
+    let listen = settings.http_listen();
+    let worker = Worker::new(settings, api, metrics.clone());
+    let http_stop = CancellationToken::new();
+    let (addr, http) =
+        crate::ops::http::serve(listen, metrics, worker.state.clone(), http_stop.clone())
+            .await
+            .with_context(|| format!("binding http.listen {listen}"))?;
+    info!(%addr, "ops endpoints listening");
+    worker.run(shutdown).await?;
+    http_stop.cancel();
+    let _ = http.await;
+    info!("stopped");
+    Ok(())
+}

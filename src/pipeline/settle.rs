@@ -1,0 +1,397 @@
+//! Carrying out a [`Disposition`]: the one place that publishes, acks, nacks
+//! and emits result events. A replacement (retry copy, dead-letter entry) is
+//! confirmed by the broker before the original is acked; if it cannot be, the
+//! delivery goes back to the queue, so nothing is lost.
+
+use std::time::SystemTime;
+
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use super::decide::{DeadReason, Disposition, RetryKind};
+use super::{Pipeline, Settled};
+use crate::amqp::headers;
+use crate::job::Job;
+use crate::ops::metrics::result;
+use crate::retry::tier_for;
+use crate::telnyx::{Accepted, Failure};
+
+/// A result event on the events exchange.
+#[derive(Debug, Serialize)]
+struct ResultEvent<'a> {
+    event: &'a str,
+    job_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    at: String,
+}
+
+impl Pipeline {
+    /// Carry out a disposition: publish what replaces the delivery, wait for
+    /// the broker's confirm, then ack. If the publish fails, the delivery is
+    /// given back to the queue instead, so nothing is lost.
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        job: Option<&Job>,
+        job_id: &str,
+        disposition: Disposition,
+    ) -> Settled {
+        let t = &self.topology;
+        match disposition {
+            Disposition::Ack(accepted) => {
+                if let Some(job) = job {
+                    self.record_sent(job, &accepted);
+                }
+                self.event(ResultEvent {
+                    event: "sent",
+                    job_id,
+                    message_id: accepted.message_id.as_deref(),
+                    attempts: job.map_or(1, |j| j.attempt),
+                    parts: accepted.parts,
+                    reason: None,
+                    code: None,
+                    at: now_rfc3339(),
+                })
+                .await;
+                info!(
+                    message_id = accepted.message_id.as_deref().unwrap_or("-"),
+                    "sent"
+                );
+                ack(delivery).await;
+                Settled::Sent
+            }
+            Disposition::Retry {
+                kind,
+                delay,
+                attempts_made,
+                bounces,
+                deferrals,
+                failure,
+            } => {
+                let Some(tier) = tier_for(&t.tiers, delay) else {
+                    return self
+                        .give_back(delivery, "no retry tier is configured")
+                        .await;
+                };
+                let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
+                let props = copy_props(&delivery.properties).with_expiration(ms.to_string().into());
+                let props = headers::with_header(
+                    props,
+                    headers::ATTEMPTS,
+                    headers::int(u64::from(attempts_made)),
+                );
+                let props = headers::with_header(
+                    props,
+                    headers::RATE_LIMIT_BOUNCES,
+                    headers::int(u64::from(bounces)),
+                );
+                let props = headers::with_header(
+                    props,
+                    headers::DEFERRALS,
+                    headers::int(u64::from(deferrals)),
+                );
+                match self
+                    .publisher
+                    .publish(
+                        &t.amqp.exchange,
+                        &t.tier_routing_key(tier),
+                        &delivery.data,
+                        props,
+                        true,
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        let (result, reason) = match kind {
+                            RetryKind::Transient => {
+                                self.metrics
+                                    .retries
+                                    .with_label_values(&[&attempts_made.to_string()])
+                                    .inc();
+                                (result::RETRIED, "transient")
+                            }
+                            RetryKind::RateLimited => (result::RETRIED, "rate_limited"),
+                            RetryKind::Paced => (result::DEFERRED, "paced"),
+                        };
+                        self.metrics.outcome(result, reason);
+                        info!(
+                            delay_ms = ms,
+                            tier = %tier.label,
+                            kind = ?kind,
+                            error = failure.as_ref().map(describe).as_deref().unwrap_or(""),
+                            "retry scheduled"
+                        );
+                        ack(delivery).await;
+                        Settled::Retried
+                    }
+                    Err(e) => self.give_back(delivery, &e.to_string()).await,
+                }
+            }
+            Disposition::DeadLetter {
+                reason,
+                failure,
+                attempts,
+            } => {
+                let props = dead_letter_props(&delivery.properties, reason, &failure, attempts);
+                match self
+                    .publisher
+                    .publish(
+                        &t.amqp.exchange,
+                        &t.amqp.dead_routing_key,
+                        &delivery.data,
+                        props,
+                        true,
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        let result = if reason == DeadReason::Expired {
+                            result::EXPIRED
+                        } else {
+                            result::DEAD_LETTERED
+                        };
+                        self.metrics.outcome(result, reason.label());
+                        warn!(reason = reason.as_str(), error = %describe(&failure), "dead-lettered");
+                        self.event(ResultEvent {
+                            event: "dead_lettered",
+                            job_id,
+                            message_id: None,
+                            attempts,
+                            parts: None,
+                            reason: Some(reason.as_str()),
+                            code: failure.code.as_deref(),
+                            at: now_rfc3339(),
+                        })
+                        .await;
+                        ack(delivery).await;
+                        Settled::DeadLettered
+                    }
+                    Err(e) => self.give_back(delivery, &e.to_string()).await,
+                }
+            }
+            Disposition::Requeue { halt: None } => {
+                // Shutdown or halt before the job was sent. It stays unacked:
+                // closing the channel at the end of the drain returns it once.
+                // (A nack now would return it to this still-open consumer,
+                // which would count a second redelivery against the quorum
+                // queue's delivery limit.)
+                self.metrics.outcome(result::REQUEUED, "shutdown");
+                Settled::Requeued
+            }
+            Disposition::Requeue { halt: Some(_) } => {
+                // A halt can last hours, and the probe takes the same jobs
+                // again and again. A nack would count each return against the
+                // quorum queue's delivery limit until RabbitMQ dead-lettered
+                // perfectly good jobs; a fresh copy (confirmed, then ack)
+                // starts its count at zero.
+                let props = copy_props(&delivery.properties);
+                match self
+                    .publisher
+                    .publish(
+                        &t.amqp.exchange,
+                        &t.amqp.routing_key,
+                        &delivery.data,
+                        props,
+                        true,
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        self.metrics.outcome(result::REQUEUED, "account_halt");
+                        ack(delivery).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not re-queue a halted job as a fresh copy; returning it");
+                        self.metrics.outcome(result::REQUEUED, "account_halt");
+                        nack_requeue(delivery).await;
+                    }
+                }
+                Settled::Halted
+            }
+        }
+    }
+
+    fn record_sent(&self, job: &Job, accepted: &Accepted) {
+        self.metrics.outcome(result::SENT, "ok");
+        self.metrics
+            .message_parts
+            .inc_by(u64::from(accepted.parts.unwrap_or(job.parts)));
+        if let Some(c) = &accepted.cost {
+            self.metrics.cost(c.amount, &c.currency);
+        }
+        if let Some(at) = job.published_at
+            && let Ok(age) = SystemTime::now().duration_since(at)
+        {
+            self.metrics.end_to_end.observe(age.as_secs_f64());
+        }
+    }
+
+    async fn give_back(&self, delivery: &Delivery, why: &str) -> Settled {
+        error!(
+            error = why,
+            "could not publish the job's replacement; returning it to the queue"
+        );
+        self.metrics.outcome(result::REQUEUED, "publish_failed");
+        nack_requeue(delivery).await;
+        Settled::Failed
+    }
+
+    /// Result events are confirmed but best-effort: a send is never repeated
+    /// to make up for a lost event.
+    async fn event(&self, event: ResultEvent<'_>) {
+        let exchange = &self.topology.amqp.events_exchange;
+        if exchange.is_empty() {
+            return;
+        }
+        let Ok(body) = serde_json::to_vec(&event) else {
+            return;
+        };
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(event.job_id.into());
+        if let Err(e) = self
+            .publisher
+            .publish(exchange, event.event, &body, props, false)
+            .await
+        {
+            warn!(error = %e, event = event.event, "result event not published");
+        }
+    }
+}
+
+/// "403 40300 Forbidden: detail" — for logs and halt reasons; never a secret.
+pub fn describe(f: &Failure) -> String {
+    let mut s = String::new();
+    if let Some(status) = f.status {
+        s.push_str(&status.to_string());
+        s.push(' ');
+    }
+    if let Some(code) = &f.code {
+        s.push_str(code);
+        s.push(' ');
+    }
+    s.push_str(&f.title);
+    if !f.detail.is_empty() {
+        s.push_str(": ");
+        s.push_str(&f.detail);
+    }
+    s
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The delivery's properties for a re-published copy: unchanged, except that
+/// a producer-set `expiration` is dropped (a copy must not expire in a queue
+/// that is not the one the producer chose).
+fn copy_props(p: &BasicProperties) -> BasicProperties {
+    headers::copy_props(p, |_| true)
+}
+
+/// The dead-letter entry's properties: the original's, plus the x-error-* headers.
+pub fn dead_letter_props(
+    original: &BasicProperties,
+    reason: DeadReason,
+    failure: &Failure,
+    attempts: u32,
+) -> BasicProperties {
+    let mut p = copy_props(original);
+    p = headers::with_header(p, headers::ERROR_REASON, headers::string(reason.as_str()));
+    p = headers::with_header(
+        p,
+        headers::ERROR_CODE,
+        headers::string(failure.code.as_deref().unwrap_or("")),
+    );
+    p = headers::with_header(p, headers::ERROR_TITLE, headers::string(&failure.title));
+    let detail: String = failure.detail.chars().take(1000).collect();
+    p = headers::with_header(p, headers::ERROR_DETAIL, headers::string(detail));
+    p = headers::with_header(
+        p,
+        headers::HTTP_STATUS,
+        headers::int(u64::from(failure.status.unwrap_or(0))),
+    );
+    p = headers::with_header(p, headers::ATTEMPTS, headers::int(u64::from(attempts)));
+    headers::with_header(p, headers::FAILED_AT, headers::string(now_rfc3339()))
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The channel is gone: the broker redelivers the job. Its replacement
+        // (if any) was already confirmed, so the worst case is a duplicate.
+        warn!(error = %e, "ack failed; the broker will redeliver the job");
+    }
+}
+
+async fn nack_requeue(delivery: &Delivery) {
+    if let Err(e) = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+    {
+        warn!(error = %e, "nack failed; the broker will redeliver the job");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_entries_keep_the_original_properties() {
+        let original = BasicProperties::default()
+            .with_message_id("job-9".into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_timestamp(1_700_000_000)
+            .with_expiration("60000".into());
+        let original = headers::with_header(original, "x-tenant", headers::string("acme"));
+        let f = Failure {
+            status: Some(403),
+            code: Some("40300".into()),
+            title: "Forbidden".into(),
+            detail: "blocked".into(),
+            retry_after: None,
+        };
+        let p = dead_letter_props(&original, DeadReason::Permanent, &f, 1);
+        assert_eq!(p.message_id().as_ref().unwrap().as_str(), "job-9");
+        assert_eq!(p.timestamp(), &Some(1_700_000_000));
+        assert_eq!(p.expiration(), &None, "must not expire in the DLQ");
+        let h = |n| headers::get_string(&p, n).unwrap();
+        assert_eq!(h("x-tenant"), "acme");
+        assert_eq!(h(headers::ERROR_REASON), "permanent");
+        assert_eq!(h(headers::ERROR_CODE), "40300");
+        assert_eq!(h(headers::ERROR_TITLE), "Forbidden");
+        assert_eq!(h(headers::ERROR_DETAIL), "blocked");
+        assert_eq!(headers::get_u32(&p, headers::HTTP_STATUS), Some(403));
+        assert_eq!(headers::get_u32(&p, headers::ATTEMPTS), Some(1));
+        assert!(crate::job::parse_deadline(&h(headers::FAILED_AT)).is_some());
+    }
+
+    #[test]
+    fn describe_never_needs_the_key() {
+        let f = Failure {
+            status: Some(401),
+            code: Some("10009".into()),
+            title: "Authentication failed".into(),
+            detail: "".into(),
+            retry_after: None,
+        };
+        assert_eq!(describe(&f), "401 10009 Authentication failed");
+    }
+}

@@ -1,0 +1,142 @@
+//! The kit that the tests, the benchmarks and the demo share: a uniquely
+//! named topology on the real RabbitMQ next to an in-process Telnyx simulator
+//! ([`Sandbox`], and [`TestEnv`], its panicking face for tests), the real
+//! binary as a child process ([`WorkerProcess`]), and small helpers to
+//! publish, wait and read metrics.
+//!
+//! Only the Telnyx API is simulated; the broker (and Redis, where a test
+//! uses it) are real. Every sandbox deletes what it declared in
+//! [`Sandbox::cleanup`].
+
+mod env;
+mod process;
+mod sandbox;
+
+pub use env::TestEnv;
+pub use env::test_settings;
+pub use process::{WorkerProcess, bin, free_port};
+pub use sandbox::{RunningWorker, Sandbox};
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use lapin::BasicProperties;
+
+use crate::sim::SimHandle;
+
+/// The bearer token the sandbox's simulator accepts.
+pub const API_KEY: &str = "test-key-0123456789";
+
+/// Why the kit could not do something (the demo and the benchmarks report
+/// it; tests panic with it).
+#[derive(Debug, thiserror::Error)]
+pub enum KitError {
+    #[error(transparent)]
+    Broker(#[from] crate::amqp::BrokerError),
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("a publish was not confirmed: {0}")]
+    Publish(#[from] crate::amqp::PublishError),
+    #[error("could not start the simulator: {0}")]
+    Simulator(#[from] std::io::Error),
+    #[error("HTTP client: {0}")]
+    Client(#[from] crate::telnyx::ClientError),
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// The broker the kit uses: `SEND_WORKER__AMQP__URL`, or the local one.
+pub fn amqp_url() -> String {
+    std::env::var("SEND_WORKER__AMQP__URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// A job body: an SMS from a long code to `to`, whose text identifies it.
+pub fn sms(to: &str, text: &str) -> Vec<u8> {
+    serde_json::json!({"from": "+15551234567", "to": to, "text": text})
+        .to_string()
+        .into_bytes()
+}
+
+/// The properties of a well-formed job with id `id`, published now.
+pub fn job_props(id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(id.into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+}
+
+/// Poll `cond` every 50 ms until it holds; panic with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of a Prometheus sample: the sum of the lines of metric `name`
+/// whose labels include every `labels` pair. None if there is no such line.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_part, value) = match rest.chars().next() {
+            Some('{') => match rest.split_once('}') {
+                Some((l, v)) => (l, v),
+                None => continue,
+            },
+            Some(' ') => ("", rest),
+            _ => continue,
+        };
+        if !labels
+            .iter()
+            .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")))
+        {
+            continue;
+        }
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// How many times the simulator accepted (200) each `text`.
+pub fn accepted_by_text(sim: &SimHandle) -> std::collections::HashMap<String, usize> {
+    let mut out = std::collections::HashMap::new();
+    for r in sim.requests() {
+        if r.status == 200
+            && let Some(t) = r.text
+        {
+            *out.entry(t).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// The `text` field of a job body, if it has one.
+pub fn text_of(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("text")?
+        .as_str()
+        .map(str::to_owned)
+}
