@@ -18,6 +18,7 @@ pub mod worker;
 pub mod cli;
 pub mod config;
 pub mod ops;
+pub mod redis;
 pub mod secret;
 
 // Development: the Telnyx simulator and the kit that tests, benchmarks and

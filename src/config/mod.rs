@@ -45,6 +45,7 @@ pub struct Settings {
     pub circuit: CircuitSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    pub redis: RedisSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -146,6 +147,16 @@ pub struct PacingSettings {
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port/db`, or `rediss://`; empty: no Redis.
+    pub url: Secret,
+    pub key_prefix: String,
+    pub connect_timeout_ms: u64,
+    pub command_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -123,6 +123,19 @@ impl Settings {
         if self.worker.halt_probe_secs == 0 {
             return Err(invalid("worker.halt_probe_secs", "must be at least 1"));
         }
+        let r = &self.redis;
+        if !r.url.is_empty() && redis::Client::open(r.url.expose()).is_err() {
+            return Err(invalid("redis.url", "not a redis:// or rediss:// URL"));
+        }
+        if r.key_prefix.trim().is_empty() {
+            return Err(invalid("redis.key_prefix", "must not be empty"));
+        }
+        if r.connect_timeout_ms == 0 || r.command_timeout_ms == 0 {
+            return Err(invalid(
+                "redis.command_timeout_ms",
+                "redis.connect_timeout_ms and redis.command_timeout_ms must be positive",
+            ));
+        }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "http.listen",

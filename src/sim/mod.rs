@@ -78,8 +78,8 @@ pub struct SimRequest {
     /// How many times this exact body has been received, this one included.
     pub nth: u32,
     pub status: u16,
-    /// Milliseconds since the simulator started, when the request was
-    /// counted against the rate limit (after the added latency).
+    /// Milliseconds since the simulator started, when the request arrived
+    /// and was counted (it is answered after the added latency).
     pub at_ms: u64,
 }
 
@@ -270,9 +270,9 @@ fn hash(body: &[u8]) -> u64 {
 
 async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let cfg = sim.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if !cfg.latency.is_zero() {
-        tokio::time::sleep(cfg.latency).await;
-    }
+    // Like the real API, the request is decided and counted the moment it
+    // arrives, and answered after the latency: a client that gives up (or
+    // dies) meanwhile has still had its message accepted.
     sim.total.fetch_add(1, Ordering::SeqCst);
     let nth = {
         let mut seen = sim.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -374,5 +374,8 @@ async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
         }
     };
     sim.log.lock().unwrap_or_else(|e| e.into_inner()).push(req);
+    if !cfg.latency.is_zero() {
+        tokio::time::sleep(cfg.latency).await;
+    }
     response
 }
