@@ -11,7 +11,7 @@ cargo nextest run --no-fail-fast -E 'not binary(broker_restart)'
 
 # The broker-restart test stops and starts RabbitMQ, so it runs alone.
 if [ -f tests/broker_restart.rs ]; then
-  SEND_WORKER_TEST_BROKER_RESTART=1 cargo nextest run --test broker_restart --no-fail-fast
+  SEND_WORKER_TEST_BROKER_RESTART=1 cargo nextest run --test broker_restart --run-ignored only --no-fail-fast
 fi
 
 # Issue #2's acceptance: an outside producer (Python pika) publishes 2,000 jobs.

@@ -68,6 +68,9 @@ impl Redis {
     /// One round trip: is Redis there?
     pub async fn ping(&self) -> Result<(), RedisError> {
         let mut c = self.conn();
-        redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ())
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! The delay before retry `n` (n = 1 after the first attempt) is
 //! `base * factor^(n-1) * (0.5 + U[0,1))`, at most `cap`, and never less than
-//! the API's `retry-after`. Delays live in the broker: one quorum queue per
+//! the API's `retry-after` — unless that is beyond `cap` too: no delay is ever
+//! longer than `cap`, so every delay fits a tier and none blocks a shorter
+//! one for long (a 429'd job's wait is bounded by `limiter.max_pause_secs`). Delays live in the broker: one quorum queue per
 //! tier, so a crash loses no waiting retry. A retry copy carries its exact
 //! delay as a per-message TTL and goes to the tier whose delay is the largest
 //! not above it; tiers grow by `factor`, so the TTLs in one queue are within a
@@ -11,10 +13,12 @@
 
 use std::time::Duration;
 
-use crate::config::RetrySettings;
+use crate::config::{RetrySettings, Settings};
 
 /// No more tiers than this, whatever the settings.
 const MAX_TIERS: usize = 24;
+/// A job deferred by pacing is never put back for longer than this.
+pub const MAX_DEFER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -23,6 +27,8 @@ pub struct Backoff {
     pub cap: Duration,
     pub max_attempts: u32,
     pub max_rate_limit_bounces: u32,
+    /// The longest a 429's `retry-after` may hold a job back.
+    pub max_retry_after: Duration,
 }
 
 /// One retry tier: a delay queue.
@@ -41,7 +47,28 @@ impl Backoff {
             cap: Duration::from_millis(s.cap_ms),
             max_attempts: s.max_attempts,
             max_rate_limit_bounces: s.max_rate_limit_bounces,
+            max_retry_after: Duration::from_secs(60),
         }
+    }
+
+    /// The schedule `settings` describe: `[retry]`, and the 429 cap
+    /// `limiter.max_pause_secs`. Everything that declares or uses the tiers
+    /// builds them from this, so they agree.
+    pub fn for_settings(settings: &Settings) -> Self {
+        Self::from_settings(&settings.retry)
+            .with_max_retry_after(Duration::from_secs(settings.limiter.max_pause_secs))
+    }
+
+    /// The longest delay the worker ever asks a tier for: a transient
+    /// retry's (`cap`), a 429's, or a pacing deferral's.
+    pub fn longest(&self) -> Duration {
+        self.cap.max(self.max_retry_after).max(MAX_DEFER)
+    }
+
+    /// The cap on a 429's `retry-after` (`limiter.max_pause_secs`).
+    pub fn with_max_retry_after(mut self, d: Duration) -> Self {
+        self.max_retry_after = d;
+        self
     }
 
     /// The shipped defaults (`config/default.toml`): for tests.
@@ -53,6 +80,7 @@ impl Backoff {
             cap: Duration::from_secs(300),
             max_attempts: 5,
             max_rate_limit_bounces: 20,
+            max_retry_after: Duration::from_secs(60),
         }
     }
 
@@ -76,7 +104,7 @@ impl Backoff {
         };
         let jittered = self.nominal(n).mul_f64(0.5 + jitter).min(self.cap);
         match retry_after {
-            Some(r) if r > jittered => r,
+            Some(r) if r > jittered => r.min(self.cap),
             _ => jittered,
         }
     }
@@ -86,16 +114,20 @@ impl Backoff {
         self.delay(n, rand::random::<f64>(), retry_after)
     }
 
-    /// The tier queues: the smallest possible delay, then ×factor up to the cap.
+    /// The tier queues: the smallest possible delay, then ×factor up to the
+    /// longest delay the worker asks for, with `cap` itself among them.
     pub fn tiers(&self) -> Vec<Tier> {
         let mut delays = Vec::new();
         let mut d = self.base.mul_f64(0.5).max(Duration::from_millis(1));
         let step = if self.factor > 1.05 { self.factor } else { 2.0 };
-        while d < self.cap && delays.len() < MAX_TIERS - 1 {
+        let top = self.longest();
+        while d < top && delays.len() < MAX_TIERS - 2 {
             delays.push(round_ms(d));
             d = d.mul_f64(step);
         }
         delays.push(round_ms(self.cap));
+        delays.push(round_ms(top));
+        delays.sort();
         delays.dedup();
         delays
             .into_iter()
@@ -170,10 +202,16 @@ mod tests {
             b.delay(1, 0.0, Some(Duration::from_millis(100))),
             Duration::from_millis(500)
         );
-        // retry-after may exceed the cap: the API's word wins.
+        // A retry-after beyond the cap is cut to it: an hour-long
+        // retry-after on every attempt must not hold a job (or the head of
+        // its tier) for hours.
         assert_eq!(
             b.delay(1, 0.0, Some(Duration::from_secs(900))),
-            Duration::from_secs(900)
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            b.delay(1, 0.0, Some(Duration::from_secs(86_400 * 365))),
+            Duration::from_secs(300)
         );
     }
 
@@ -246,6 +284,14 @@ mod tests {
             ..backoff()
         };
         let labels: Vec<String> = tiny.tiers().into_iter().map(|t| t.label).collect();
-        assert_eq!(labels, ["5ms", "10ms", "20ms", "40ms", "80ms"]);
+        // Up to the cap by factor, then on to the longest 429 wait or pacing
+        // deferral (60 s), so those never sit at the head of a shorter tier.
+        assert_eq!(
+            labels,
+            [
+                "5ms", "10ms", "20ms", "40ms", "80ms", "160ms", "320ms", "640ms", "1280ms",
+                "2560ms", "5120ms", "10240ms", "20480ms", "40960ms", "60s"
+            ]
+        );
     }
 }

@@ -1448,7 +1448,6 @@ fn definitions_match_the_topology_the_worker_declares() {
     use lapin::types::{AMQPValue, FieldTable};
     use send_worker::amqp::Topology;
     use send_worker::config::Settings;
-    use send_worker::retry::Backoff;
 
     fn to_json(t: &FieldTable) -> serde_json::Value {
         let mut m = serde_json::Map::new();
@@ -1466,7 +1465,7 @@ fn definitions_match_the_topology_the_worker_declares() {
     }
 
     let settings = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
-    let topology = Topology::new(&settings.amqp, &Backoff::from_settings(&settings.retry));
+    let topology = Topology::from_settings(&settings);
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/rabbitmq/definitions.json"

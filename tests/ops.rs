@@ -65,8 +65,13 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
     let v: serde_json::Value = serde_json::from_str(&get("/readyz").await.1).expect("JSON");
     assert_eq!(v["ready"], true);
     assert_eq!(v["consuming"], true);
-    wait_for("2 sends", Duration::from_secs(20), || async {
-        env.sim.stats().accepted >= 2
+    // The simulator counts a send when it arrives; the worker settles it
+    // after the answer: wait for the worker's own count.
+    wait_for("2 sends settled", Duration::from_secs(20), || async {
+        get("/metrics")
+            .await
+            .1
+            .contains(r#"send_worker_outcomes_total{reason="ok",result="sent"} 2"#)
     })
     .await;
 

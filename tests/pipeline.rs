@@ -63,7 +63,16 @@ async fn the_body_reaches_the_api_unchanged_with_unknown_fields() {
     let w = env.start();
     wait_for("send", T, || async { env.sim.stats().accepted >= 1 }).await;
     w.stop().await;
-    assert!(seen.lock().unwrap().is_some());
+    let got = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the job reached the API");
+    assert_eq!(
+        got.body.as_bytes(),
+        body,
+        "forwarded byte for byte, unknown fields and all"
+    );
     env.cleanup().await;
 }
 
@@ -286,8 +295,12 @@ async fn invalid_and_malformed_jobs_are_dead_lettered_without_an_api_call() {
     env.cleanup().await;
 }
 
+/// Not a crash (tests/process.rs kills a real process with SIGKILL): this
+/// drops the running worker future mid-flight, as an embedding application
+/// shutting its runtime down would. Its job tasks are aborted with it, and
+/// every unacked delivery must come back.
 #[tokio::test]
-async fn a_worker_dropped_mid_flight_loses_nothing() {
+async fn dropping_the_worker_future_mid_flight_loses_nothing() {
     let env = TestEnv::new(
         "crash",
         SimConfig {
@@ -309,7 +322,7 @@ async fn a_worker_dropped_mid_flight_loses_nothing() {
     }
     let first = env.start();
     wait_for("some sends", T, || async { env.sim.stats().accepted >= 5 }).await;
-    // Kill it without a drain: the task and its connection are dropped.
+    // Drop it without a drain: the task, its job tasks and its connection go.
     first.handle.abort();
     let _ = first.handle.await;
     let second = env.start();

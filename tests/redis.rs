@@ -27,7 +27,9 @@ async fn no_url_means_no_redis() {
 async fn the_client_reaches_redis_and_prefixes_its_keys() {
     let s = settings(&redis_url());
     let r = Redis::from_settings(&s.redis).unwrap().expect("a client");
-    r.ping().await.expect("Redis must be running on 127.0.0.1:6379");
+    r.ping()
+        .await
+        .expect("Redis must be running on 127.0.0.1:6379");
     let key = r.key("test", &uuid::Uuid::new_v4().simple().to_string());
     assert!(key.starts_with("send-worker:test:"), "{key}");
     let mut c = r.conn();
@@ -39,9 +41,17 @@ async fn the_client_reaches_redis_and_prefixes_its_keys() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let v: String = redis::cmd("GET").arg(&key).query_async(&mut c).await.unwrap();
+    let v: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(v, "v");
-    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut c).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -61,7 +71,10 @@ async fn an_unreachable_redis_fails_instead_of_hanging_and_the_password_never_pr
 fn a_bad_url_is_a_configuration_error_that_names_the_key() {
     let err = Settings::load_with_env(
         None,
-        vec![("SEND_WORKER__REDIS__URL".to_owned(), "http://nope".to_owned())],
+        vec![(
+            "SEND_WORKER__REDIS__URL".to_owned(),
+            "http://nope".to_owned(),
+        )],
     )
     .unwrap_err();
     assert!(err.to_string().contains("redis.url"), "{err}");

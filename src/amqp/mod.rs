@@ -6,8 +6,10 @@ mod publisher;
 mod topology;
 
 pub mod headers;
+pub mod outbox;
 
-pub use publisher::{PublishError, Publisher};
+pub use outbox::Outbox;
+pub use publisher::{DEFAULT_PUBLISH_TIMEOUT, PublishError, Publisher};
 pub use topology::Topology;
 
 use std::time::Duration;
@@ -28,6 +30,8 @@ pub enum BrokerError {
     Unreachable { url: String, reason: String },
     #[error("AMQP error: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("the broker did not take a job's settlement (publish or ack); reconnecting")]
+    Settlement,
 }
 
 /// `amqp://user:***@host:port/vhost`: the URL with its password hidden.

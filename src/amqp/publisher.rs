@@ -1,7 +1,10 @@
 //! Confirmed publishing. Everything the worker re-publishes (a retry copy, a
-//! dead-letter entry, a result event) goes through [`Publisher::publish`],
-//! which returns only once the broker has confirmed it; only then is the
-//! original acked.
+//! dead-letter entry, a halted job's fresh copy) goes through
+//! [`Publisher::publish`], which returns only once the broker has confirmed
+//! it; only then is the original acked. A publish that is not confirmed
+//! within the publisher's timeout has failed ([`PublishError::Timeout`]).
+
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
@@ -15,12 +18,18 @@ pub enum PublishError {
     Returned(String),
     #[error("AMQP error while publishing: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("the broker did not confirm the message within {0:?}")]
+    Timeout(Duration),
 }
+
+/// How long a publish may wait for its confirm when nothing else is said.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A channel in confirm mode.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -30,12 +39,14 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub async fn new(connection: &Connection) -> Result<Self, lapin::Error> {
+    /// A confirm-mode channel on `connection`; each publish waits at most
+    /// `timeout` for its confirm.
+    pub async fn new(connection: &Connection, timeout: Duration) -> Result<Self, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel })
+        Ok(Self { channel, timeout })
     }
 
     pub fn channel(&self) -> &Channel {
@@ -52,20 +63,24 @@ impl Publisher {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<(), PublishError> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                ShortString::from(exchange),
-                ShortString::from(routing_key),
-                BasicPublishOptions {
-                    mandatory,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await?
-            .await?;
+        let publish = async {
+            self.channel
+                .basic_publish(
+                    ShortString::from(exchange),
+                    ShortString::from(routing_key),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirm = tokio::time::timeout(self.timeout, publish)
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))??;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {

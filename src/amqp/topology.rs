@@ -9,7 +9,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::config::AmqpSettings;
+use crate::config::{AmqpSettings, Settings};
 use crate::retry::{Backoff, Tier};
 
 /// Names and arguments of everything the worker declares: the configured
@@ -34,6 +34,12 @@ impl Topology {
             amqp: amqp.clone(),
             tiers: backoff.tiers(),
         }
+    }
+
+    /// The topology `settings` describe (names from `[amqp]`, tiers from
+    /// [`Backoff::for_settings`]).
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self::new(&settings.amqp, &Backoff::for_settings(settings))
     }
 
     pub fn tier_queue(&self, tier: &Tier) -> String {

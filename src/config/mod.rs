@@ -63,6 +63,9 @@ pub struct AmqpSettings {
     pub delivery_limit: u32,
     pub declare_topology: bool,
     pub reconnect_max_secs: u64,
+    /// A publish (retry copy, dead-letter entry, event) not confirmed within
+    /// this long has failed.
+    pub publish_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -94,6 +97,9 @@ pub struct CircuitSettings {
     pub failure_ratio: f64,
     pub cool_down_ms: u64,
     pub max_cool_down_ms: u64,
+    /// When a half-open probe fails, ask the API a question no job can spoil
+    /// (`GET /messages/{nil uuid}`) to tell an outage from a bad job.
+    pub canary: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -116,6 +122,9 @@ pub struct LimiterSettings {
     /// Fraction of the API limit left unused, as a safety margin.
     #[serde(default = "default_headroom")]
     pub headroom: f64,
+    /// The longest a `retry-after` may pause sending (or delay a 429'd job)
+    /// before the worker tries again.
+    pub max_pause_secs: u64,
 }
 
 fn default_headroom() -> f64 {
@@ -333,6 +342,11 @@ mod tests {
                 "telnyx.base_url",
             ),
             ("SEND_WORKER__HTTP__LISTEN", "localhost", "http.listen"),
+            (
+                "SEND_WORKER__WORKER__SHUTDOWN_GRACE_SECS",
+                "15",
+                "worker.shutdown_grace_secs",
+            ),
             (
                 "SEND_WORKER__RETRY__MAX_ATTEMPTS",
                 "0",

@@ -120,6 +120,22 @@ impl Settings {
                 "must be at least circuit.cool_down_ms",
             ));
         }
+        if self.amqp.publish_timeout_ms == 0 {
+            return Err(invalid("amqp.publish_timeout_ms", "must be positive"));
+        }
+        if self.limiter.max_pause_secs == 0 {
+            return Err(invalid("limiter.max_pause_secs", "must be at least 1"));
+        }
+        if self.worker.shutdown_grace_secs.saturating_mul(1000) <= self.telnyx.request_timeout_ms {
+            return Err(invalid(
+                "worker.shutdown_grace_secs",
+                format!(
+                    "must be longer than telnyx.request_timeout_ms ({} ms), or a drain would \
+                     abandon requests that are still within their timeout",
+                    self.telnyx.request_timeout_ms
+                ),
+            ));
+        }
         if self.worker.halt_probe_secs == 0 {
             return Err(invalid("worker.halt_probe_secs", "must be at least 1"));
         }

@@ -226,6 +226,29 @@ impl RateControl {
         }
     }
 
+    /// A 429 from the API. The whole process pauses only when the answer
+    /// says the account's budget is spent (`x-ratelimit-remaining` 0) or
+    /// says nothing about it; a 429 that leaves budget is about this job
+    /// alone (it bounces through the broker) and pauses nothing. The pause
+    /// is `retry-after` (1 s without one), at most `limiter.max_pause_secs`;
+    /// then the next request probes. Returns the pause, if any.
+    pub fn on_rate_limited(
+        &self,
+        retry_after: Option<Duration>,
+        headers: Option<&HeaderMap>,
+    ) -> Option<Duration> {
+        let budget_left = headers
+            .and_then(|h| RateLimitHeaders::parse(h, SystemTime::now()))
+            .is_some_and(|h| h.remaining >= 1.0);
+        if budget_left {
+            return None;
+        }
+        let cap = Duration::from_secs(self.settings.max_pause_secs);
+        let pause = retry_after.unwrap_or(Duration::from_secs(1)).min(cap);
+        self.pause_for(pause);
+        Some(pause)
+    }
+
     /// Retune from a response's headers.
     pub fn observe(&self, headers: &HeaderMap) {
         let Some(h) = RateLimitHeaders::parse(headers, SystemTime::now()) else {
@@ -316,6 +339,35 @@ impl RateControl {
 mod tests {
     use super::*;
     use model::{headers, settings};
+
+    #[tokio::test]
+    async fn a_429_pauses_only_when_the_budget_is_spent_and_never_past_the_cap() {
+        let rc = RateControl::new(&settings(), &PacingSettings::default(), Metrics::new());
+        // The answer still shows budget: this job's 429 alone, no pause.
+        let left = headers(&[
+            ("x-ratelimit-limit", "100"),
+            ("x-ratelimit-remaining", "40"),
+            ("x-ratelimit-reset", "1"),
+        ]);
+        assert_eq!(
+            rc.on_rate_limited(Some(Duration::from_secs(86_400)), Some(&left)),
+            None
+        );
+        assert!(rc.paused_until().is_none());
+        // Spent, with a day-long retry-after: paused for the cap only.
+        let spent = headers(&[
+            ("x-ratelimit-limit", "100"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1"),
+        ]);
+        let pause = rc.on_rate_limited(Some(Duration::from_secs(86_400)), Some(&spent));
+        assert_eq!(pause, Some(Duration::from_secs(60)));
+        let until = rc.paused_until().expect("paused");
+        assert!(until <= Instant::now() + Duration::from_secs(60));
+        // No headers and no retry-after: a second.
+        let rc = RateControl::new(&settings(), &PacingSettings::default(), Metrics::new());
+        assert_eq!(rc.on_rate_limited(None, None), Some(Duration::from_secs(1)));
+    }
 
     #[tokio::test]
     async fn observe_swaps_the_bucket_and_closes_the_gate_when_exhausted() {

@@ -26,6 +26,7 @@ pub fn settings() -> LimiterSettings {
         max_rate: 5000.0,
         burst: 10,
         headroom: 0.015,
+        max_pause_secs: 60,
     }
 }
 

@@ -18,8 +18,7 @@ use crate::config::PacingSettings;
 use crate::job::{Job, MessageKind, SenderClass};
 use crate::ops::metrics::Metrics;
 
-/// A deferred job is never put back for longer than this.
-pub const MAX_DEFER: Duration = Duration::from_secs(60);
+pub use crate::retry::MAX_DEFER;
 /// Nor for less than this.
 const MIN_DEFER: Duration = Duration::from_secs(1);
 

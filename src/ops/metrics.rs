@@ -28,6 +28,8 @@ pub struct Metrics {
     pub cost: prometheus::CounterVec,
     pub broker_connected: IntGauge,
     pub consuming: IntGauge,
+    pub events: IntCounterVec,
+    pub panics: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -56,7 +58,7 @@ pub mod result {
 
 /// Label values that are created at zero at start, so dashboards and alerts
 /// see every series from the first scrape (rate() over a missing series is empty).
-const KNOWN_OUTCOMES: [(&str, &str); 14] = [
+const KNOWN_OUTCOMES: [(&str, &str); 15] = [
     (result::SENT, "ok"),
     (result::RETRIED, "transient"),
     (result::RETRIED, "rate_limited"),
@@ -71,6 +73,7 @@ const KNOWN_OUTCOMES: [(&str, &str); 14] = [
     (result::REQUEUED, "shutdown"),
     (result::REQUEUED, "publish_failed"),
     (result::DEAD_LETTERED, "delivery_limit"),
+    (result::DEAD_LETTERED, "internal"),
 ];
 
 impl Metrics {
@@ -92,6 +95,9 @@ impl Metrics {
             m.retries.with_label_values(&[&attempt.to_string()]);
         }
         m.api_requests.with_label_values(&["200", "none"]);
+        for r in ["published", "failed", "dropped"] {
+            m.events.with_label_values(&[r]);
+        }
         m.cost.with_label_values(&["USD"]);
         m
     }
@@ -247,6 +253,21 @@ impl Metrics {
                 igauge("broker_connected", "1 while connected to RabbitMQ."),
             ),
             consuming: reg(&r, igauge("consuming", "1 while consuming the work queue.")),
+            events: reg(
+                &r,
+                counter_vec(
+                    "events_total",
+                    "Result events: published (confirmed), failed (not confirmed), dropped (queue full).",
+                    &["result"],
+                ),
+            ),
+            panics: reg(
+                &r,
+                counter(
+                    "job_panics_total",
+                    "Jobs whose handling panicked (a bug); each was settled, never left unacked.",
+                ),
+            ),
             registry: r,
         }
     }

@@ -10,8 +10,15 @@
 //!   uncharged (no new deliveries arrive once the prefetch is full, so
 //!   consumption pauses); on shutdown they go back to the queue.
 //! - **Half-open**: after the cool-down, exactly one job is let through as a
-//!   probe. A healthy answer closes the circuit; another outage answer opens
-//!   it again with the cool-down doubled (up to `max_cool_down_ms`).
+//!   probe. A healthy answer closes the circuit. An outage answer may be the
+//!   job's own doing (a few jobs that fail on every attempt can be all the
+//!   traffic left), so the pipeline asks the canary (`circuit.canary`: a
+//!   `GET` of a message id that does not exist, which only a down API fails):
+//!   if the canary fails too, the circuit opens again with the cool-down
+//!   doubled (up to `max_cool_down_ms`); if it succeeds, the API is up and
+//!   the failure was the job's, so the circuit closes and the cool-down
+//!   starts over. A few poison jobs therefore cost at most one cool-down per
+//!   attempt, never an open circuit that holds every job.
 //!
 //! What counts as healthy or as an outage is read off the one classification
 //! ([`crate::telnyx::Outcome`]); this module adds no judgement of its own.
@@ -48,6 +55,16 @@ pub enum Signal {
 }
 
 impl Signal {
+    /// What the canary's answer says: an outage-like answer is an outage;
+    /// any other answer (404 for the nil message id, 200, even 401 or 429)
+    /// comes from a working API.
+    pub fn of_canary(outcome: &Outcome) -> Signal {
+        match Signal::of(outcome) {
+            Signal::Outage => Signal::Outage,
+            _ => Signal::Healthy,
+        }
+    }
+
     pub fn of(outcome: &Outcome) -> Signal {
         match outcome {
             Outcome::Sent(_) | Outcome::Reject(_) => Signal::Healthy,
@@ -139,9 +156,23 @@ impl CircuitBreaker {
         }
     }
 
-    /// Record what a job's answer said. Every `Pass` must be recorded once
+    /// Whether a probe's answer needs the canary's opinion before it counts.
+    pub fn wants_canary(&self, pass: Pass, signal: Signal) -> bool {
+        self.settings.enabled
+            && self.settings.canary
+            && pass == Pass::Probe
+            && signal == Signal::Outage
+    }
+
+    /// Record what a job's answer said, and for a failed probe what the
+    /// canary said (`None`: not asked). Every `Pass` must be recorded once
     /// (with `Neutral` if the job did not reach the API).
     pub fn record(&self, pass: Pass, signal: Signal) {
+        self.record_with_canary(pass, signal, None);
+    }
+
+    /// [`CircuitBreaker::record`] with the canary's answer for a failed probe.
+    pub fn record_with_canary(&self, pass: Pass, signal: Signal, canary: Option<Signal>) {
         if !self.settings.enabled {
             return;
         }
@@ -154,6 +185,16 @@ impl CircuitBreaker {
                 inner.cool_down = Duration::from_millis(self.settings.cool_down_ms);
                 self.set(&mut inner, Circuit::Closed);
                 info!("circuit closed: the API answered the probe");
+            }
+            (Pass::Probe, Signal::Outage) if canary == Some(Signal::Healthy) => {
+                inner.window.clear();
+                inner.probe_in_flight = false;
+                inner.cool_down = Duration::from_millis(self.settings.cool_down_ms);
+                self.set(&mut inner, Circuit::Closed);
+                info!(
+                    "circuit closed: the probe job failed but the API answers the canary; \
+                     the failures are the jobs' own"
+                );
             }
             (Pass::Probe, Signal::Outage) => {
                 inner.probe_in_flight = false;
@@ -217,6 +258,7 @@ mod tests {
             failure_ratio: 0.5,
             cool_down_ms: 1_000,
             max_cool_down_ms: 4_000,
+            canary: true,
         }
     }
 
@@ -298,6 +340,65 @@ mod tests {
         let t = Instant::now();
         assert_eq!(b.admit(&cancel).await, Some(Pass::Probe));
         assert!(Instant::now() - t <= Duration::from_millis(4_050), "capped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_with_a_healthy_canary_closes_and_resets_the_cool_down() {
+        let b = breaker();
+        let cancel = CancellationToken::new();
+        for _ in 0..3 {
+            b.record(Pass::Normal, Signal::Outage);
+        }
+        assert_eq!(b.admit(&cancel).await, Some(Pass::Probe));
+        assert!(b.wants_canary(Pass::Probe, Signal::Outage));
+        assert!(!b.wants_canary(Pass::Normal, Signal::Outage));
+        assert!(!b.wants_canary(Pass::Probe, Signal::Healthy));
+        // A real outage: the canary fails too; the cool-down doubles.
+        b.record_with_canary(Pass::Probe, Signal::Outage, Some(Signal::Outage));
+        assert_eq!(b.circuit(), Circuit::Open);
+        let t = Instant::now();
+        assert_eq!(b.admit(&cancel).await, Some(Pass::Probe));
+        assert!(Instant::now() - t >= Duration::from_millis(2_000));
+        // The job's own failure: the API answers the canary; closed at once.
+        b.record_with_canary(Pass::Probe, Signal::Outage, Some(Signal::Healthy));
+        assert_eq!(b.circuit(), Circuit::Closed);
+        assert_eq!(b.admit(&cancel).await, Some(Pass::Normal));
+        // And the next opening starts from the base cool-down again.
+        for _ in 0..3 {
+            b.record(Pass::Normal, Signal::Outage);
+        }
+        let t = Instant::now();
+        assert_eq!(b.admit(&cancel).await, Some(Pass::Probe));
+        let waited = Instant::now() - t;
+        assert!(
+            waited >= Duration::from_millis(1_000) && waited < Duration::from_millis(1_100),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn the_canary_is_healthy_unless_the_api_looks_down() {
+        let f = |status| Failure {
+            status,
+            ..Failure::default()
+        };
+        assert_eq!(
+            Signal::of_canary(&Outcome::Reject(f(Some(404)))),
+            Signal::Healthy
+        );
+        assert_eq!(
+            Signal::of_canary(&Outcome::Halt(f(Some(401)))),
+            Signal::Healthy
+        );
+        assert_eq!(
+            Signal::of_canary(&Outcome::RateLimited(f(Some(429)))),
+            Signal::Healthy
+        );
+        assert_eq!(
+            Signal::of_canary(&Outcome::Retry(f(Some(503)))),
+            Signal::Outage
+        );
+        assert_eq!(Signal::of_canary(&Outcome::Retry(f(None))), Signal::Outage);
     }
 
     #[tokio::test(start_paused = true)]

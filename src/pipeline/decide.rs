@@ -16,6 +16,9 @@ pub enum DeadReason {
     Permanent,
     AttemptsExhausted,
     Expired,
+    /// Handling the job panicked (a bug in the worker): settled here
+    /// instead of being held unacked.
+    Internal,
 }
 
 impl DeadReason {
@@ -26,6 +29,7 @@ impl DeadReason {
             DeadReason::Permanent => "permanent",
             DeadReason::AttemptsExhausted => "attempts-exhausted",
             DeadReason::Expired => "expired",
+            DeadReason::Internal => "internal",
         }
     }
 
@@ -92,9 +96,12 @@ pub fn decide(job: &Job, outcome: Outcome, backoff: &Backoff, jitter: f64) -> Di
         {
             Disposition::Retry {
                 kind: RetryKind::RateLimited,
-                delay: failure.retry_after.unwrap_or(Duration::from_secs(1)),
+                delay: failure
+                    .retry_after
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(backoff.max_retry_after),
                 attempts_made: job.attempt.saturating_sub(1),
-                bounces: job.rate_limit_bounces + 1,
+                bounces: job.rate_limit_bounces.saturating_add(1),
                 deferrals: job.deferrals,
                 failure: Some(failure),
             }
@@ -269,6 +276,43 @@ mod tests {
             decide(&job(5, 3), Outcome::RateLimited(f), &backoff(), 0.5),
             Disposition::DeadLetter {
                 reason: DeadReason::AttemptsExhausted,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn absurd_retry_afters_are_cut_to_the_caps() {
+        // A day-long 429: the job waits at most limiter.max_pause_secs.
+        let day = failure(Some(Duration::from_secs(86_400)));
+        match decide(
+            &job(1, 0),
+            Outcome::RateLimited(day.clone()),
+            &backoff(),
+            0.5,
+        ) {
+            Disposition::Retry { kind, delay, .. } => {
+                assert_eq!(kind, RetryKind::RateLimited);
+                assert_eq!(delay, backoff().max_retry_after);
+            }
+            other => panic!("{other:?}"),
+        }
+        // An hour-long 503: at most retry.cap_ms, so it fits the top tier.
+        match decide(&job(1, 0), Outcome::Retry(day), &backoff(), 0.5) {
+            Disposition::Retry { delay, .. } => assert_eq!(delay, backoff().cap),
+            other => panic!("{other:?}"),
+        }
+        // Counters at their maximum saturate instead of overflowing.
+        let mut j = job(1, u32::MAX);
+        j.deferrals = u32::MAX;
+        let b = Backoff {
+            max_rate_limit_bounces: u32::MAX,
+            ..backoff()
+        };
+        assert!(matches!(
+            decide(&j, Outcome::RateLimited(failure(None)), &b, 0.5),
+            Disposition::Retry {
+                kind: RetryKind::Transient,
                 ..
             }
         ));

@@ -4,41 +4,84 @@
 //!
 //! [`crate::telnyx::classify`] says what an answer means; [`decide`] turns
 //! that (plus the job's attempt counts) into a [`Disposition`];
-//! [`Pipeline::settle`] is the one place that publishes, acks, nacks and emits
-//! result events.
+//! [`Pipeline::settle`] is the one place that publishes, acks and emits
+//! result events. A settlement the broker does not take is remembered in the
+//! [`ledger`], so the redelivery is settled from the same decision without a
+//! second API call.
 
 pub mod circuit;
 mod decide;
+pub mod ledger;
 mod settle;
 
 pub use decide::{DeadReason, Disposition, RetryKind, decide};
 pub use settle::{dead_letter_props, describe};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use lapin::message::Delivery;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::amqp::{Publisher, Topology};
+use crate::amqp::{Outbox, Publisher, Topology};
 use crate::job::{self, Job};
 use crate::limiter::{Admission, RateControl};
 use crate::ops::metrics::Metrics;
 use crate::ops::state::WorkerState;
 use crate::retry::Backoff;
-use crate::telnyx::{Outcome, TelnyxClient, classify};
+use crate::telnyx::{Failure, Outcome, TelnyxClient, classify};
 use circuit::{CircuitBreaker, Signal};
 use decide::{expired_disposition, rejection_disposition};
+use ledger::{Entry, Ledger};
 
-/// Signals a job raises for its session.
+/// Signals between a session and its jobs.
 #[derive(Debug, Clone)]
 pub struct JobSignals {
-    /// Cancelled on shutdown or halt: jobs not yet sent are requeued.
+    /// Cancelled on shutdown or halt: jobs not yet sent are left for the
+    /// channel close to return.
     pub cancel: CancellationToken,
+    /// Cancelled when the drain's grace period is over: requests still in
+    /// flight are abandoned (their jobs return to the queue).
+    pub hard_stop: CancellationToken,
     /// Cancelled by a job whose answer halts the account.
     pub halt: CancellationToken,
+    /// Cancelled by a job whose settlement the broker did not take: the
+    /// session is broken and must reconnect.
+    pub fault: CancellationToken,
+}
+
+impl JobSignals {
+    /// Fresh signals whose `cancel` and `hard_stop` follow `shutdown`.
+    pub fn new(shutdown: &CancellationToken) -> Self {
+        Self {
+            cancel: shutdown.child_token(),
+            hard_stop: CancellationToken::new(),
+            halt: CancellationToken::new(),
+            fault: CancellationToken::new(),
+        }
+    }
+}
+
+/// Whether a job has started settling (set just before the first publish or
+/// ack), so a panic can be told apart: before it the job is dead-lettered as
+/// `internal`; after it, the delivery is left for the broker to return.
+#[derive(Debug, Default)]
+pub struct Progress {
+    settling: AtomicBool,
+}
+
+impl Progress {
+    pub fn settling(&self) -> bool {
+        self.settling.load(Ordering::SeqCst)
+    }
+
+    fn start_settling(&self) {
+        self.settling.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Everything a job needs, shared by all jobs of a session.
@@ -52,6 +95,8 @@ pub struct Pipeline {
     pub metrics: Metrics,
     pub state: Arc<WorkerState>,
     pub publisher: Publisher,
+    pub outbox: Outbox,
+    pub ledger: Arc<Ledger>,
     pub in_flight: Arc<Semaphore>,
     pub max_body_bytes: usize,
     pub max_age: Option<Duration>,
@@ -65,29 +110,51 @@ pub enum Settled {
     DeadLettered,
     Requeued,
     Halted,
-    /// The broker could not take the replacement; the delivery was given back.
+    /// Already settled before (a redelivery): acked, nothing sent.
+    Suppressed,
+    /// The broker could not take the replacement or the ack: the delivery
+    /// is left unacked for the broker to return, and the session reconnects.
     Failed,
 }
 
 impl Pipeline {
     /// Process one delivery to the end.
-    pub async fn handle(&self, delivery: Delivery, signals: &JobSignals) -> Settled {
+    pub async fn handle(
+        &self,
+        delivery: &Delivery,
+        signals: &JobSignals,
+        progress: &Progress,
+    ) -> Settled {
         self.metrics.jobs_consumed.inc();
-        let props = delivery.properties.clone();
-        let job = match Job::parse(&delivery.data, &props, self.max_body_bytes, self.max_age) {
+        let props = &delivery.properties;
+        let mut job = match Job::parse(&delivery.data, props, self.max_body_bytes, self.max_age) {
             Ok(job) => job,
             Err(rejection) => {
-                let id = job::job_id(&props).unwrap_or_else(|| "-".to_owned());
-                let span =
-                    info_span!("job", job_id = %id, attempt = job::attempts_made(&props) + 1);
+                let id = job::job_id(props).unwrap_or_else(|| "-".to_owned());
+                let attempts = job::attempts_made(props);
+                let span = info_span!("job", job_id = %id, attempt = attempts.saturating_add(1));
                 return async {
                     warn!(detail = %rejection.detail, "job rejected before sending");
-                    let d = rejection_disposition(rejection, job::attempts_made(&props));
-                    self.settle(&delivery, None, &id, d).await
+                    let d = rejection_disposition(rejection, attempts);
+                    self.settle(delivery, None, &id, d, signals, progress).await
                 }
                 .instrument(span)
                 .await;
             }
+        };
+        // A settlement of this job that the broker did not take: settle it
+        // again from what was decided, without calling the API again.
+        let resumed = match self.ledger.get(&job.id) {
+            Some(Entry::Settled) => {
+                info!(job_id = %job.id, "already settled (its ack was lost); acking the redelivery");
+                progress.start_settling();
+                return self.ack_settled(delivery, &job.id, signals).await;
+            }
+            Some(Entry::Decided {
+                disposition,
+                decided_at,
+            }) => resume(&mut job, disposition, decided_at),
+            None => None,
         };
         let span = info_span!(
             "job",
@@ -96,7 +163,13 @@ impl Pipeline {
             sender_class = job.sender.as_str()
         );
         async {
-            let disposition = self.process(&job, signals).await;
+            let disposition = match resumed {
+                Some(d) => {
+                    info!("settling again what was decided before the broker fault");
+                    d
+                }
+                None => self.process(&job, signals).await,
+            };
             if let Disposition::Requeue { halt: Some(f) } = &disposition {
                 let reason = describe(f);
                 if self.state.halt(reason.clone()) {
@@ -104,11 +177,48 @@ impl Pipeline {
                 }
                 signals.halt.cancel();
             }
-            self.settle(&delivery, Some(&job), &job.id, disposition)
-                .await
+            self.settle(
+                delivery,
+                Some(&job),
+                &job.id,
+                disposition,
+                signals,
+                progress,
+            )
+            .await
         }
         .instrument(span)
         .await
+    }
+
+    /// A job whose handling panicked: dead-letter it (reason `internal`) if
+    /// it had not started settling; otherwise leave it for the broker to
+    /// return and reconnect. Either way it never stays unacked for good.
+    pub async fn settle_panic(
+        &self,
+        delivery: &Delivery,
+        why: &str,
+        signals: &JobSignals,
+        progress: &Progress,
+    ) -> Settled {
+        self.metrics.panics.inc();
+        let id = job::job_id(&delivery.properties).unwrap_or_else(|| "-".to_owned());
+        error!(job_id = %id, panic = why, "handling a job panicked; this is a bug");
+        if progress.settling() {
+            signals.fault.cancel();
+            return Settled::Failed;
+        }
+        let failure = Failure {
+            title: "Internal error".to_owned(),
+            detail: format!("the worker failed while handling this job: {why}"),
+            ..Failure::default()
+        };
+        let d = Disposition::DeadLetter {
+            reason: DeadReason::Internal,
+            failure,
+            attempts: job::attempts_made(&delivery.properties),
+        };
+        self.settle(delivery, None, &id, d, signals, progress).await
     }
 
     /// Decide the disposition of a valid job, sending it if it may be sent.
@@ -121,7 +231,15 @@ impl Pipeline {
             return Disposition::Requeue { halt: None };
         };
         let (disposition, signal) = self.send(job, signals).await;
-        self.circuit.record(pass, signal);
+        let canary = if self.circuit.wants_canary(pass, signal) {
+            let answer = self.api.canary().await;
+            let c = Signal::of_canary(&classify(&answer));
+            info!(canary = ?c, "the probe failed; the canary says whether the API is down");
+            Some(c)
+        } else {
+            None
+        };
+        self.circuit.record_with_canary(pass, signal, canary);
         disposition
     }
 
@@ -138,7 +256,7 @@ impl Pipeline {
                     delay,
                     attempts_made: job.attempt.saturating_sub(1),
                     bounces: job.rate_limit_bounces,
-                    deferrals: job.deferrals + 1,
+                    deferrals: job.deferrals.saturating_add(1),
                     failure: None,
                 });
             }
@@ -155,9 +273,18 @@ impl Pipeline {
             },
         };
         self.metrics.in_flight.inc();
-        let result = self.api.send_message(job.body.clone()).await;
+        let result = tokio::select! {
+            r = self.api.send_message(job.body.clone()) => Some(r),
+            // The drain's grace is over: abandon the request. The API may
+            // have accepted it; the job goes back to the queue.
+            _ = signals.hard_stop.cancelled() => None,
+        };
         self.metrics.in_flight.dec();
         drop(permit);
+        let Some(result) = result else {
+            warn!("request abandoned at the end of the drain; the job returns to the queue");
+            return neutral(Disposition::Requeue { halt: None });
+        };
 
         let outcome = classify(&result);
         match &result {
@@ -170,13 +297,17 @@ impl Pipeline {
             Err(_) => self.metrics.api_request(None, None, None),
         }
         if let Outcome::RateLimited(f) = &outcome {
-            let pause = f.retry_after.unwrap_or(Duration::from_secs(1));
-            self.limiter.pause_for(pause);
-            self.state.set_paused(true);
-            info!(
-                pause_ms = pause.as_millis() as u64,
-                "429 from the API: pausing sends"
-            );
+            let headers = result.as_ref().ok().map(|r| &r.headers);
+            match self.limiter.on_rate_limited(f.retry_after, headers) {
+                Some(pause) => {
+                    self.state.set_paused(true);
+                    info!(
+                        pause_ms = pause.as_millis() as u64,
+                        "429 from the API: pausing sends"
+                    );
+                }
+                None => debug!("429 for this job while the account has budget left: no pause"),
+            }
         } else if result.is_ok() {
             self.state.set_paused(false);
         }
@@ -186,5 +317,38 @@ impl Pipeline {
             decide(job, outcome, &self.backoff, rand::random::<f64>()),
             signal,
         )
+    }
+}
+
+/// The job's counters and disposition as they were when its settlement
+/// failed. A retry whose delay has already run out is not re-published: the
+/// job goes on as its next attempt (`None`), with the counters it had.
+fn resume(job: &mut Job, disposition: Disposition, decided_at: Instant) -> Option<Disposition> {
+    match disposition {
+        Disposition::Retry {
+            kind,
+            delay,
+            attempts_made,
+            bounces,
+            deferrals,
+            failure,
+        } => {
+            let left = (decided_at + delay).saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                job.attempt = attempts_made.saturating_add(1);
+                job.rate_limit_bounces = bounces;
+                job.deferrals = deferrals;
+                return None;
+            }
+            Some(Disposition::Retry {
+                kind,
+                delay: left,
+                attempts_made,
+                bounces,
+                deferrals,
+                failure,
+            })
+        }
+        other => Some(other),
     }
 }

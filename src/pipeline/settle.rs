@@ -1,19 +1,26 @@
-//! Carrying out a [`Disposition`]: the one place that publishes, acks, nacks
-//! and emits result events. A replacement (retry copy, dead-letter entry) is
-//! confirmed by the broker before the original is acked; if it cannot be, the
-//! delivery goes back to the queue, so nothing is lost.
+//! Carrying out a [`Disposition`]: the one place that publishes, acks and
+//! emits result events. A replacement (retry copy, dead-letter entry) is
+//! confirmed by the broker before the original is acked. If the broker does
+//! not take the replacement (or the ack), the delivery is left unacked, the
+//! decision goes into the [`ledger`](super::ledger), and the session
+//! reconnects: the broker returns the job, and it is settled again from the
+//! same decision — never an immediate redelivery and a second API call.
+//! Result events go out after the ack, through the [`Outbox`](crate::amqp::Outbox).
 
 use std::time::SystemTime;
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use serde::Serialize;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::decide::{DeadReason, Disposition, RetryKind};
-use super::{Pipeline, Settled};
+use super::ledger::Entry;
+use super::{JobSignals, Pipeline, Progress, Settled};
 use crate::amqp::headers;
+use crate::amqp::outbox::Event;
 use crate::job::Job;
 use crate::ops::metrics::result;
 use crate::retry::tier_for;
@@ -38,20 +45,30 @@ struct ResultEvent<'a> {
 
 impl Pipeline {
     /// Carry out a disposition: publish what replaces the delivery, wait for
-    /// the broker's confirm, then ack. If the publish fails, the delivery is
-    /// given back to the queue instead, so nothing is lost.
+    /// the broker's confirm, then ack. If the broker does not take it, the
+    /// delivery stays unacked and the session reconnects (see the module docs).
     pub async fn settle(
         &self,
         delivery: &Delivery,
         job: Option<&Job>,
         job_id: &str,
         disposition: Disposition,
+        signals: &JobSignals,
+        progress: &Progress,
     ) -> Settled {
+        progress.start_settling();
         let t = &self.topology;
         match disposition {
             Disposition::Ack(accepted) => {
                 if let Some(job) = job {
                     self.record_sent(job, &accepted);
+                }
+                info!(
+                    message_id = accepted.message_id.as_deref().unwrap_or("-"),
+                    "sent"
+                );
+                if !self.ack(delivery, job_id, signals).await {
+                    return Settled::Failed;
                 }
                 self.event(ResultEvent {
                     event: "sent",
@@ -62,13 +79,7 @@ impl Pipeline {
                     reason: None,
                     code: None,
                     at: now_rfc3339(),
-                })
-                .await;
-                info!(
-                    message_id = accepted.message_id.as_deref().unwrap_or("-"),
-                    "sent"
-                );
-                ack(delivery).await;
+                });
                 Settled::Sent
             }
             Disposition::Retry {
@@ -77,11 +88,16 @@ impl Pipeline {
                 attempts_made,
                 bounces,
                 deferrals,
-                failure,
+                ref failure,
             } => {
                 let Some(tier) = tier_for(&t.tiers, delay) else {
                     return self
-                        .give_back(delivery, "no retry tier is configured")
+                        .unsettled(
+                            job_id,
+                            disposition.clone(),
+                            "no retry tier is configured",
+                            signals,
+                        )
                         .await;
                 };
                 let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -101,7 +117,7 @@ impl Pipeline {
                     headers::DEFERRALS,
                     headers::int(u64::from(deferrals)),
                 );
-                match self
+                if let Err(e) = self
                     .publisher
                     .publish(
                         &t.amqp.exchange,
@@ -112,39 +128,41 @@ impl Pipeline {
                     )
                     .await
                 {
-                    Ok(()) => {
-                        let (result, reason) = match kind {
-                            RetryKind::Transient => {
-                                self.metrics
-                                    .retries
-                                    .with_label_values(&[&attempts_made.to_string()])
-                                    .inc();
-                                (result::RETRIED, "transient")
-                            }
-                            RetryKind::RateLimited => (result::RETRIED, "rate_limited"),
-                            RetryKind::Paced => (result::DEFERRED, "paced"),
-                        };
-                        self.metrics.outcome(result, reason);
-                        info!(
-                            delay_ms = ms,
-                            tier = %tier.label,
-                            kind = ?kind,
-                            error = failure.as_ref().map(describe).as_deref().unwrap_or(""),
-                            "retry scheduled"
-                        );
-                        ack(delivery).await;
-                        Settled::Retried
-                    }
-                    Err(e) => self.give_back(delivery, &e.to_string()).await,
+                    return self
+                        .unsettled(job_id, disposition.clone(), &e.to_string(), signals)
+                        .await;
                 }
+                let (result, reason) = match kind {
+                    RetryKind::Transient => {
+                        self.metrics
+                            .retries
+                            .with_label_values(&[&attempts_made.to_string()])
+                            .inc();
+                        (result::RETRIED, "transient")
+                    }
+                    RetryKind::RateLimited => (result::RETRIED, "rate_limited"),
+                    RetryKind::Paced => (result::DEFERRED, "paced"),
+                };
+                self.metrics.outcome(result, reason);
+                info!(
+                    delay_ms = ms,
+                    tier = %tier.label,
+                    kind = ?kind,
+                    error = failure.as_ref().map(describe).as_deref().unwrap_or(""),
+                    "retry scheduled"
+                );
+                if !self.ack(delivery, job_id, signals).await {
+                    return Settled::Failed;
+                }
+                Settled::Retried
             }
             Disposition::DeadLetter {
                 reason,
-                failure,
+                ref failure,
                 attempts,
             } => {
-                let props = dead_letter_props(&delivery.properties, reason, &failure, attempts);
-                match self
+                let props = dead_letter_props(&delivery.properties, reason, failure, attempts);
+                if let Err(e) = self
                     .publisher
                     .publish(
                         &t.amqp.exchange,
@@ -155,30 +173,31 @@ impl Pipeline {
                     )
                     .await
                 {
-                    Ok(()) => {
-                        let result = if reason == DeadReason::Expired {
-                            result::EXPIRED
-                        } else {
-                            result::DEAD_LETTERED
-                        };
-                        self.metrics.outcome(result, reason.label());
-                        warn!(reason = reason.as_str(), error = %describe(&failure), "dead-lettered");
-                        self.event(ResultEvent {
-                            event: "dead_lettered",
-                            job_id,
-                            message_id: None,
-                            attempts,
-                            parts: None,
-                            reason: Some(reason.as_str()),
-                            code: failure.code.as_deref(),
-                            at: now_rfc3339(),
-                        })
+                    return self
+                        .unsettled(job_id, disposition.clone(), &e.to_string(), signals)
                         .await;
-                        ack(delivery).await;
-                        Settled::DeadLettered
-                    }
-                    Err(e) => self.give_back(delivery, &e.to_string()).await,
                 }
+                let result = if reason == DeadReason::Expired {
+                    result::EXPIRED
+                } else {
+                    result::DEAD_LETTERED
+                };
+                self.metrics.outcome(result, reason.label());
+                warn!(reason = reason.as_str(), error = %describe(failure), "dead-lettered");
+                if !self.ack(delivery, job_id, signals).await {
+                    return Settled::Failed;
+                }
+                self.event(ResultEvent {
+                    event: "dead_lettered",
+                    job_id,
+                    message_id: None,
+                    attempts,
+                    parts: None,
+                    reason: Some(reason.as_str()),
+                    code: failure.code.as_deref(),
+                    at: now_rfc3339(),
+                });
+                Settled::DeadLettered
             }
             Disposition::Requeue { halt: None } => {
                 // Shutdown or halt before the job was sent. It stays unacked:
@@ -194,7 +213,10 @@ impl Pipeline {
                 // again and again. A nack would count each return against the
                 // quorum queue's delivery limit until RabbitMQ dead-lettered
                 // perfectly good jobs; a fresh copy (confirmed, then ack)
-                // starts its count at zero.
+                // starts its count at zero. If the copy cannot be published
+                // the delivery stays unacked: the session ends with the halt
+                // and the channel close returns it.
+                self.metrics.outcome(result::REQUEUED, "account_halt");
                 let props = copy_props(&delivery.properties);
                 match self
                     .publisher
@@ -208,17 +230,30 @@ impl Pipeline {
                     .await
                 {
                     Ok(()) => {
-                        self.metrics.outcome(result::REQUEUED, "account_halt");
-                        ack(delivery).await;
+                        self.ack(delivery, job_id, signals).await;
                     }
                     Err(e) => {
-                        warn!(error = %e, "could not re-queue a halted job as a fresh copy; returning it");
-                        self.metrics.outcome(result::REQUEUED, "account_halt");
-                        nack_requeue(delivery).await;
+                        warn!(error = %e, "could not re-queue a halted job as a fresh copy; the broker returns it");
                     }
                 }
                 Settled::Halted
             }
+        }
+    }
+
+    /// A redelivery of a job that was already settled (its ack was lost):
+    /// ack it, and nothing else.
+    pub(super) async fn ack_settled(
+        &self,
+        delivery: &Delivery,
+        job_id: &str,
+        signals: &JobSignals,
+    ) -> Settled {
+        if self.ack(delivery, job_id, signals).await {
+            self.metrics.outcome(result::SUPPRESSED, "duplicate");
+            Settled::Suppressed
+        } else {
+            Settled::Failed
         }
     }
 
@@ -237,37 +272,69 @@ impl Pipeline {
         }
     }
 
-    async fn give_back(&self, delivery: &Delivery, why: &str) -> Settled {
+    /// The broker did not take the replacement: remember the decision, leave
+    /// the delivery unacked, and have the session reconnect.
+    async fn unsettled(
+        &self,
+        job_id: &str,
+        disposition: Disposition,
+        why: &str,
+        signals: &JobSignals,
+    ) -> Settled {
         error!(
             error = why,
-            "could not publish the job's replacement; returning it to the queue"
+            "the broker did not take the job's replacement; reconnecting, and the job will be \
+             settled again from this decision"
         );
         self.metrics.outcome(result::REQUEUED, "publish_failed");
-        nack_requeue(delivery).await;
+        self.ledger.record(
+            job_id,
+            Entry::Decided {
+                disposition,
+                decided_at: Instant::now(),
+            },
+        );
+        signals.fault.cancel();
         Settled::Failed
     }
 
-    /// Result events are confirmed but best-effort: a send is never repeated
-    /// to make up for a lost event.
-    async fn event(&self, event: ResultEvent<'_>) {
-        let exchange = &self.topology.amqp.events_exchange;
-        if exchange.is_empty() {
-            return;
+    /// Ack; on success the job is settled and the ledger forgets it. A failed
+    /// ack means the channel is gone: the broker returns the job, and the
+    /// ledger says it needs nothing but an ack.
+    async fn ack(&self, delivery: &Delivery, job_id: &str, signals: &JobSignals) -> bool {
+        let acked = delivery.acker.ack(BasicAckOptions::default()).await;
+        match acked {
+            Ok(true) => {
+                self.ledger.forget(job_id);
+                true
+            }
+            Ok(false) | Err(_) => {
+                let e = acked
+                    .err()
+                    .map_or_else(|| "the channel is gone".to_owned(), |e| e.to_string());
+                warn!(error = %e, "ack failed; the broker will return the job, which is settled already");
+                self.ledger.record(job_id, Entry::Settled);
+                signals.fault.cancel();
+                false
+            }
         }
+    }
+
+    /// Result events are best-effort: queued for the outbox after the ack,
+    /// and a lost one never causes a re-send.
+    fn event(&self, event: ResultEvent<'_>) {
         let Ok(body) = serde_json::to_vec(&event) else {
             return;
         };
-        let props = BasicProperties::default()
+        let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_message_id(event.job_id.into());
-        if let Err(e) = self
-            .publisher
-            .publish(exchange, event.event, &body, props, false)
-            .await
-        {
-            warn!(error = %e, event = event.event, "result event not published");
-        }
+        self.outbox.send(Event {
+            routing_key: event.event.to_owned(),
+            body,
+            properties,
+        });
     }
 }
 
@@ -325,27 +392,6 @@ pub fn dead_letter_props(
     );
     p = headers::with_header(p, headers::ATTEMPTS, headers::int(u64::from(attempts)));
     headers::with_header(p, headers::FAILED_AT, headers::string(now_rfc3339()))
-}
-
-async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-        // The channel is gone: the broker redelivers the job. Its replacement
-        // (if any) was already confirmed, so the worst case is a duplicate.
-        warn!(error = %e, "ack failed; the broker will redeliver the job");
-    }
-}
-
-async fn nack_requeue(delivery: &Delivery) {
-    if let Err(e) = delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        })
-        .await
-    {
-        warn!(error = %e, "nack failed; the broker will redeliver the job");
-    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,8 @@ pub struct SimRequest {
     /// Milliseconds since the simulator started, when the request arrived
     /// and was counted (it is answered after the added latency).
     pub at_ms: u64,
+    /// The request body as received (lossy UTF-8).
+    pub body: String,
 }
 
 struct Sim {
@@ -95,6 +97,7 @@ struct Sim {
     outage: AtomicBool,
     revoked: AtomicBool,
     behavior: Mutex<Option<Behavior>>,
+    canaries: AtomicU64,
 }
 
 /// Control and inspection of a running simulator.
@@ -160,6 +163,11 @@ impl SimHandle {
             .collect()
     }
 
+    /// Canary requests (`GET /v2/messages/{id}`) so far.
+    pub fn canaries(&self) -> u64 {
+        self.sim.canaries.load(Ordering::SeqCst)
+    }
+
     pub fn control(&self, c: &SimControl) {
         apply_control(&self.sim, c);
     }
@@ -223,9 +231,11 @@ pub async fn start(
         outage: AtomicBool::new(false),
         revoked: AtomicBool::new(false),
         behavior: Mutex::new(None),
+        canaries: AtomicU64::new(0),
     });
     let app = Router::new()
         .route("/v2/messages", post(send_message))
+        .route("/v2/messages/{id}", get(get_message))
         .route("/_sim/stats", get(stats))
         .route("/_sim/requests", get(requests))
         .route("/_sim/control", post(control))
@@ -268,6 +278,45 @@ fn hash(body: &[u8]) -> u64 {
     h.finish()
 }
 
+/// `GET /v2/messages/{id}`: the circuit breaker's canary. The simulator
+/// keeps no messages, so a working API answers 404 (Telnyx's error shape);
+/// an outage answers 503 and a revoked or wrong key 401, as for sends. Not
+/// counted against the rate limit (only sends are).
+async fn get_message(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    let cfg = sim.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    sim.canaries.fetch_add(1, Ordering::SeqCst);
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let r = if sim.revoked.load(Ordering::SeqCst)
+        || cfg.api_key.as_deref().is_some_and(|k| k != token)
+        || token.is_empty()
+    {
+        auth_failed()
+    } else if sim.outage.load(Ordering::SeqCst) {
+        SimReply::error(
+            503,
+            "10006",
+            "Service unavailable",
+            "The service is temporarily unavailable.",
+        )
+    } else {
+        SimReply::error(
+            404,
+            "10005",
+            "Resource not found",
+            "The requested resource or URL could not be found.",
+        )
+    };
+    if !cfg.latency.is_zero() {
+        tokio::time::sleep(cfg.latency).await;
+    }
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(error_body(&r))).into_response()
+}
+
 async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
     let cfg = sim.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
     // Like the real API, the request is decided and counted the moment it
@@ -295,6 +344,7 @@ async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
         nth,
         status: 0,
         at_ms: 0,
+        body: String::from_utf8_lossy(&body).into_owned(),
     };
 
     let (allowed, limit) = sim

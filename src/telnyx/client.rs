@@ -49,8 +49,12 @@ pub enum ClientError {
 pub struct TelnyxClient {
     http: reqwest::Client,
     messages_url: reqwest::Url,
+    canary_url: reqwest::Url,
     auth: HeaderValue,
 }
+
+/// The message id the canary asks for: the nil UUID, which no message has.
+pub const CANARY_MESSAGE_ID: &str = "00000000-0000-0000-0000-000000000000";
 
 impl std::fmt::Debug for TelnyxClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,6 +74,8 @@ impl TelnyxClient {
         let base = settings.base_url.trim_end_matches('/');
         let messages_url = reqwest::Url::parse(&format!("{base}/messages"))
             .map_err(|e| ClientError::BaseUrl(e.to_string()))?;
+        let canary_url = reqwest::Url::parse(&format!("{base}/messages/{CANARY_MESSAGE_ID}"))
+            .map_err(|e| ClientError::BaseUrl(e.to_string()))?;
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| ClientError::BadKey)?;
         auth.set_sensitive(true);
@@ -86,7 +92,32 @@ impl TelnyxClient {
         Ok(Self {
             http,
             messages_url,
+            canary_url,
             auth,
+        })
+    }
+
+    /// `GET /v2/messages/{nil uuid}`: a question no job can spoil. A working
+    /// API answers 404 (or 200); an API that is down answers 5xx or not at
+    /// all. The circuit breaker asks it when a probe job fails, to tell an
+    /// outage from a job that fails on its own. Sends nothing.
+    pub async fn canary(&self) -> ApiResult {
+        let started = Instant::now();
+        let response = self
+            .http
+            .get(self.canary_url.clone())
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(transport_error)?;
+        Ok(ApiResponse {
+            status,
+            headers,
+            body: body[..body.len().min(MAX_ERROR_BODY)].to_vec(),
+            latency: started.elapsed(),
         })
     }
 

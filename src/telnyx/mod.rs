@@ -7,6 +7,6 @@ mod outcome;
 
 pub use client::{ApiResponse, ApiResult, ClientError, TelnyxClient, TransportError};
 pub use outcome::{
-    Accepted, Cost, Failure, HALT_CODES, Outcome, RATE_LIMIT_CODE, TRANSIENT_CODES, classify,
-    classify_at, retry_after,
+    Accepted, Cost, Failure, HALT_CODES, MAX_RETRY_AFTER, Outcome, RATE_LIMIT_CODE,
+    TRANSIENT_CODES, classify, classify_at, retry_after,
 };

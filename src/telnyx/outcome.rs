@@ -117,41 +117,30 @@ fn code_string(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// `retry-after` as seconds or an HTTP date.
+/// The longest `retry-after` read as such; anything longer is taken as this
+/// (the worker's own caps, `limiter.max_pause_secs` and `retry.cap_ms`, are
+/// shorter still).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// `retry-after` as seconds or an HTTP date, at most [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = raw.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+            .then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
     }
     let at = httpdate_parse(raw)?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
+/// An HTTP date in any of the three forms RFC 9110 requires a recipient to
+/// accept (IMF-fixdate, RFC 850, asctime).
 fn httpdate_parse(raw: &str) -> Option<SystemTime> {
-    // "Sun, 06 Nov 1994 08:49:37 GMT" → "1994-11-06T08:49:37Z"
-    let parts: Vec<&str> = raw.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let month = match parts[2] {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let day: u32 = parts[1].parse().ok()?;
-    let year: u32 = parts[3].parse().ok()?;
-    humantime::parse_rfc3339(&format!("{year:04}-{month:02}-{day:02}T{}Z", parts[4])).ok()
+    httpdate::parse_http_date(raw).ok()
 }
 
 /// Decide what an API result means.
@@ -436,6 +425,26 @@ mod tests {
             o.failure().unwrap().retry_after,
             Some(Duration::from_secs(30))
         );
+        // The obsolete RFC 850 and asctime forms, which RFC 9110 also requires.
+        for old in [
+            "Thursday, 01-Jan-26 00:00:30 GMT",
+            "Thu Jan  1 00:00:30 2026",
+        ] {
+            let o = classify_at(&resp(503, "", &[("retry-after", old)]), now);
+            assert_eq!(
+                o.failure().unwrap().retry_after,
+                Some(Duration::from_secs(30)),
+                "{old}"
+            );
+        }
+        // Absurd values are bounded, in either form.
+        let o = classify_at(
+            &resp(429, "", &[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]),
+            now,
+        );
+        assert_eq!(o.failure().unwrap().retry_after, Some(MAX_RETRY_AFTER));
+        let o = classify(&resp(429, "", &[("retry-after", "1e300")]));
+        assert_eq!(o.failure().unwrap().retry_after, Some(MAX_RETRY_AFTER));
         let o = classify(&resp(503, "", &[("retry-after", "soon")]));
         assert_eq!(o.failure().unwrap().retry_after, None);
         let o = classify(&resp(503, "", &[("retry-after", "-3")]));

@@ -132,6 +132,34 @@ pub fn accepted_by_text(sim: &SimHandle) -> std::collections::HashMap<String, us
     out
 }
 
+/// Deliveries of `queue` that a consumer holds unacknowledged, as the broker
+/// counts them (`rabbitmqctl list_queues`; needs rabbitmqctl on the PATH and
+/// the rights to run it, as on the test machines). An error says why it
+/// could not be asked — never a silent zero.
+pub fn unacked(queue: &str) -> Result<u64, String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "messages_unacknowledged"])
+        .output()
+        .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "rabbitmqctl list_queues failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        let mut cols = line.split_whitespace();
+        if cols.next() == Some(queue) {
+            return cols
+                .next()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("unexpected rabbitmqctl line: {line}"));
+        }
+    }
+    Err(format!("queue {queue} is not in rabbitmqctl's list"))
+}
+
 /// The `text` field of a job body, if it has one.
 pub fn text_of(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<serde_json::Value>(body)

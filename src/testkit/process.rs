@@ -287,6 +287,11 @@ impl Drop for WorkerProcess {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        // Every line the child wrote, for a post-mortem, when asked for.
+        if let Some(dir) = std::env::var_os("SEND_WORKER_TEST_LOG_DIR") {
+            let path = std::path::Path::new(&dir).join(format!("{}-{}.log", self.name, self.pid));
+            let _ = std::fs::write(path, self.logs().join("\n"));
+        }
         if std::thread::panicking() {
             eprintln!(
                 "--- last log lines of worker {} (pid {}) ---\n{}",

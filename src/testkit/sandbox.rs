@@ -15,7 +15,6 @@ use super::{API_KEY, KitError};
 use crate::amqp::{self, BrokerError, PublishError, Topology};
 use crate::config::Settings;
 use crate::ops::metrics::Metrics;
-use crate::retry::Backoff;
 use crate::secret::Secret;
 use crate::sim::{self, SimConfig, SimHandle};
 use crate::telnyx::TelnyxClient;
@@ -82,7 +81,7 @@ impl Sandbox {
         tweak(&mut settings);
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        let topology = Topology::new(&settings.amqp, &Backoff::from_settings(&settings.retry));
+        let topology = Topology::from_settings(&settings);
         topology.declare(&ch).await?;
         Ok(Sandbox {
             prefix,

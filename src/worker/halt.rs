@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use super::Worker;
 use crate::amqp::BrokerError;
-use crate::pipeline::{JobSignals, Settled};
+use crate::pipeline::{JobSignals, Progress, Settled};
 
 impl Worker {
     /// While halted, take one job every interval and send it as a probe. The
@@ -57,18 +57,18 @@ impl Worker {
                 result = true;
                 break;
             };
-            let signals = JobSignals {
-                cancel: shutdown.child_token(),
-                halt: CancellationToken::new(),
-            };
-            match pipeline.handle(message.delivery, &signals).await {
+            let signals = JobSignals::new(shutdown);
+            match pipeline
+                .handle(&message.delivery, &signals, &Progress::default())
+                .await
+            {
                 Settled::Sent => {
                     result = true;
                     break;
                 }
                 Settled::Halted | Settled::Failed => break,
                 Settled::Requeued => break, // shutdown
-                Settled::Retried | Settled::DeadLettered => {}
+                Settled::Retried | Settled::DeadLettered | Settled::Suppressed => {}
             }
         }
         let _ = channel.close(200, "probe done".into()).await;

@@ -1,29 +1,32 @@
 //! The runner: connects, declares the topology, consumes, spawns one task
 //! per delivery, and supervises the whole thing. It reconnects with backoff
-//! when the broker goes away, stops consuming on an account-wide halt (and
-//! probes until the account works again, [`halt`]), and drains on shutdown.
-//! What happens to one job is the pipeline's business, not the runner's.
+//! when the broker goes away (or a job's settlement was not taken), stops
+//! consuming on an account-wide halt (and probes until the account works
+//! again, [`halt`]), and drains on shutdown within a bounded time. A job
+//! task that panics is still settled ([`Pipeline::settle_panic`]). What
+//! happens to one job is the pipeline's business, not the runner's.
 
 mod halt;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::amqp::{self, BrokerError, Publisher, Topology};
+use crate::amqp::{self, BrokerError, Outbox, Publisher, Topology};
 use crate::config::Settings;
 use crate::limiter::RateControl;
 use crate::ops::metrics::Metrics;
 use crate::ops::state::WorkerState;
 use crate::pipeline::circuit::CircuitBreaker;
-use crate::pipeline::{JobSignals, Pipeline};
+use crate::pipeline::ledger::Ledger;
+use crate::pipeline::{JobSignals, Pipeline, Progress};
 use crate::retry::Backoff;
 use crate::telnyx::TelnyxClient;
 
@@ -37,7 +40,13 @@ pub struct Worker {
     pub limiter: Arc<RateControl>,
     pub circuit: Arc<CircuitBreaker>,
     pub halt_probe_interval: Duration,
+    pub outbox: Outbox,
+    pub ledger: Arc<Ledger>,
 }
+
+/// After the drain's grace period, abandoned requests get this long to
+/// unwind before their tasks are aborted.
+const ABORT_AFTER: Duration = Duration::from_secs(2);
 
 enum SessionEnd {
     Shutdown,
@@ -54,6 +63,7 @@ impl Worker {
         ));
         let circuit = Arc::new(CircuitBreaker::new(settings.circuit.clone(), state.clone()));
         let halt_probe_interval = Duration::from_secs(settings.worker.halt_probe_secs);
+        let outbox = Outbox::new(!settings.amqp.events_exchange.is_empty(), metrics.clone());
         Self {
             settings: Arc::new(settings),
             api,
@@ -62,30 +72,54 @@ impl Worker {
             limiter,
             circuit,
             halt_probe_interval,
+            outbox,
+            ledger: Arc::new(Ledger::new()),
         }
     }
 
     pub fn topology(&self) -> Topology {
-        Topology::new(
-            &self.settings.amqp,
-            &Backoff::from_settings(&self.settings.retry),
-        )
+        Topology::from_settings(&self.settings)
+    }
+
+    fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.amqp.publish_timeout_ms)
     }
 
     /// Run until `shutdown` is cancelled. Broker failures are retried forever
-    /// (with the reason logged each time); only shutdown ends it.
+    /// (with the reason logged each time); only shutdown ends it. Result
+    /// events are published by a pump of their own for as long as this runs
+    /// (and a few seconds more, to flush).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BrokerError> {
+        let pump_stop = CancellationToken::new();
+        let pump = {
+            let outbox = self.outbox.clone();
+            let a = &self.settings.amqp;
+            let (url, exchange, timeout) = (
+                a.url.clone(),
+                a.events_exchange.clone(),
+                self.publish_timeout(),
+            );
+            let stop = pump_stop.clone();
+            tokio::spawn(async move { outbox.pump(url, exchange, timeout, stop).await })
+        };
+        let result = self.supervise(&shutdown).await;
+        pump_stop.cancel();
+        let _ = pump.await;
+        result
+    }
+
+    async fn supervise(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
         let max = Duration::from_secs(self.settings.amqp.reconnect_max_secs.max(1));
         let mut delay = Duration::from_secs(1);
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            match self.session(&shutdown).await {
+            match self.session(shutdown).await {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Ok(SessionEnd::Halted) => {
                     delay = Duration::from_secs(1);
-                    if !self.wait_out_halt(&shutdown).await {
+                    if !self.wait_out_halt(shutdown).await {
                         return Ok(());
                     }
                 }
@@ -110,7 +144,7 @@ impl Worker {
             self.topology().declare(&ch).await?;
             let _ = ch.close(200, "declared".into()).await;
         }
-        let publisher = Publisher::new(&conn).await?;
+        let publisher = Publisher::new(&conn, self.publish_timeout()).await?;
         Ok((conn, publisher))
     }
 
@@ -118,13 +152,15 @@ impl Worker {
         let w = &self.settings.worker;
         Pipeline {
             topology: self.topology(),
-            backoff: Backoff::from_settings(&self.settings.retry),
+            backoff: Backoff::for_settings(&self.settings),
             api: self.api.clone(),
             limiter: self.limiter.clone(),
             circuit: self.circuit.clone(),
             metrics: self.metrics.clone(),
             state: self.state.clone(),
             publisher,
+            outbox: self.outbox.clone(),
+            ledger: self.ledger.clone(),
             in_flight: Arc::new(Semaphore::new(self.settings.telnyx.max_in_flight)),
             max_body_bytes: w.max_body_bytes,
             max_age: (w.max_age_secs > 0).then(|| Duration::from_secs(w.max_age_secs)),
@@ -151,21 +187,21 @@ impl Worker {
         self.state.set_consuming(true);
         info!(queue = %self.settings.amqp.queue, prefetch = self.settings.amqp.prefetch, "consuming");
 
-        let signals = JobSignals {
-            cancel: shutdown.child_token(),
-            halt: CancellationToken::new(),
-        };
-        let tracker = TaskTracker::new();
+        let signals = JobSignals::new(shutdown);
+        let mut tasks: JoinSet<()> = JoinSet::new();
         let end: Result<SessionEnd, BrokerError> = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(SessionEnd::Shutdown),
                 _ = signals.halt.cancelled() => break Ok(SessionEnd::Halted),
+                _ = signals.fault.cancelled() => break Err(BrokerError::Settlement),
+                // Reap finished tasks so the set stays as small as the prefetch.
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let p = pipeline.clone();
                         let s = signals.clone();
-                        tracker.spawn(async move { p.handle(delivery, &s).await });
+                        tasks.spawn(async move { run_job(&p, delivery, &s).await });
                     }
                     Some(Err(e)) => break Err(e.into()),
                     None => break Err(BrokerError::Amqp(lapin::ErrorKind::InvalidChannelState(
@@ -174,21 +210,36 @@ impl Worker {
             }
         };
 
-        // Stop taking deliveries, requeue what has not started, and give the
-        // requests in flight the grace period to finish.
+        // Stop taking deliveries, leave what has not started for the channel
+        // close, and give the requests in flight the grace period to finish.
+        // After it they are abandoned, and whatever is still running is
+        // aborted: the drain is bounded, and every job not settled by then
+        // is returned by the broker when the channel closes.
         self.state.set_consuming(false);
         if matches!(end, Ok(SessionEnd::Shutdown)) {
             self.state.set_draining(true);
             info!("draining: no new jobs; waiting for requests in flight");
         }
         signals.cancel.cancel();
-        tracker.close();
         let grace = self.settings.shutdown_grace();
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, join_all(&mut tasks))
+            .await
+            .is_err()
+        {
             warn!(
                 grace_s = grace.as_secs(),
-                "requests still in flight after the grace period; the broker will redeliver them"
+                in_flight = tasks.len(),
+                "requests still in flight after the grace period: abandoning them; the broker \
+                 returns their jobs"
             );
+            signals.hard_stop.cancel();
+            if tokio::time::timeout(ABORT_AFTER, join_all(&mut tasks))
+                .await
+                .is_err()
+            {
+                tasks.abort_all();
+                join_all(&mut tasks).await;
+            }
         }
         // Cancel the consumer only once the jobs in flight are settled: on a
         // quorum queue, acks sent after basic.cancel and just before the
@@ -206,5 +257,29 @@ impl Worker {
         self.state.set_connected(false);
         self.state.set_draining(false);
         end
+    }
+}
+
+/// Wait for every task of the set.
+async fn join_all(tasks: &mut JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One job's task: the pipeline, with a panic caught and the delivery still
+/// settled (a panicking task must never hold its delivery unacked).
+async fn run_job(pipeline: &Pipeline, delivery: lapin::message::Delivery, signals: &JobSignals) {
+    let progress = Progress::default();
+    let handled = std::panic::AssertUnwindSafe(pipeline.handle(&delivery, signals, &progress))
+        .catch_unwind()
+        .await;
+    if let Err(panic) = handled {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        pipeline
+            .settle_panic(&delivery, &why, signals, &progress)
+            .await;
     }
 }

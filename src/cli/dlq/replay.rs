@@ -4,6 +4,7 @@
 //! not yet confirmed stays in the DLQ.
 
 use std::io::Write;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use lapin::Connection;
@@ -161,7 +162,13 @@ pub(super) async fn replay(
     let publisher = if dry_run {
         None
     } else {
-        Some(Publisher::new(conn).await?)
+        Some(
+            Publisher::new(
+                conn,
+                Duration::from_millis(settings.amqp.publish_timeout_ms),
+            )
+            .await?,
+        )
     };
     writeln!(
         io.err,
