@@ -32,6 +32,7 @@
 //! [`SimWindow`]) and `GET /_sim/config` (the configuration in force,
 //! [`SimConfigView`]), or the same through [`SimHandle`].
 
+mod control;
 mod headers;
 pub mod models;
 mod scenarios;
@@ -40,6 +41,7 @@ mod window;
 #[cfg(test)]
 mod tests;
 
+pub use control::{SimConfig, SimConfigView, SimControl};
 pub use headers::{ResetStyle, RetryAfterStyle};
 pub use models::ModelKind;
 pub use scenarios::{Behavior, SimReply, scenario_for};
@@ -62,67 +64,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use control::{apply_control, config_view};
 use scenarios::{auth_failed, error_body, success_body};
 use window::RateState;
-
-#[derive(Clone)]
-pub struct SimConfig {
-    /// Added to every answer.
-    pub latency: Duration,
-    /// Up to this much more, drawn uniformly for each answer.
-    pub latency_jitter: Duration,
-    /// The rate-limit server model (default `fixed-first`).
-    pub model: ModelKind,
-    /// Requests per window `L`; 0 disables the limit (the models then run
-    /// with 1,000,000, and headers are still sent).
-    pub limit: u64,
-    /// The window `W` (at least 1 ms is sensible; 0 is read as 1 ns).
-    pub window: Duration,
-    /// gcra's bucket capacity (default 10; 0 is read as 1).
-    pub burst: u64,
-    /// Whether a refused request counts against the limit (default false).
-    pub count_refused: bool,
-    /// How `x-ratelimit-reset` is written (default `unix`).
-    pub reset_style: ResetStyle,
-    /// How `retry-after` is written on a 429 (default `seconds`).
-    pub retry_after: RetryAfterStyle,
-    /// When set, any other bearer token gets 401 / 10009.
-    pub api_key: Option<String>,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        Self {
-            latency: Duration::from_millis(20),
-            latency_jitter: Duration::ZERO,
-            model: ModelKind::default(),
-            limit: 0,
-            window: Duration::from_secs(1),
-            burst: 10,
-            count_refused: false,
-            reset_style: ResetStyle::default(),
-            retry_after: RetryAfterStyle::default(),
-            api_key: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for SimConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimConfig")
-            .field("latency", &self.latency)
-            .field("latency_jitter", &self.latency_jitter)
-            .field("model", &self.model)
-            .field("limit", &self.limit)
-            .field("window", &self.window)
-            .field("burst", &self.burst)
-            .field("count_refused", &self.count_refused)
-            .field("reset_style", &self.reset_style)
-            .field("retry_after", &self.retry_after)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
-            .finish()
-    }
-}
 
 /// One request as the simulator saw it.
 #[derive(Debug, Clone, Serialize)]
@@ -175,47 +119,6 @@ pub struct SimStats {
     pub requests: u64,
     pub accepted: u64,
     pub rate_limited: u64,
-}
-
-/// `POST /_sim/control`: every field optional; unknown fields are refused.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimControl {
-    pub outage: Option<bool>,
-    pub revoked: Option<bool>,
-    pub limit: Option<u64>,
-    pub latency_ms: Option<u64>,
-    pub latency_jitter_ms: Option<u64>,
-    /// Switching starts the new model fresh (empty counters, full bucket).
-    pub model: Option<ModelKind>,
-    /// 0 is read as 1.
-    pub window_ms: Option<u64>,
-    pub burst: Option<u64>,
-    pub count_refused: Option<bool>,
-    pub reset_style: Option<ResetStyle>,
-    pub retry_after: Option<RetryAfterStyle>,
-}
-
-/// `GET /_sim/config`: the configuration in force.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SimConfigView {
-    pub model: ModelKind,
-    /// As configured: 0 means no limit.
-    pub limit: u64,
-    pub window_ms: u64,
-    pub burst: u64,
-    pub count_refused: bool,
-    pub reset_style: ResetStyle,
-    pub retry_after: RetryAfterStyle,
-    pub latency_ms: u64,
-    pub latency_jitter_ms: u64,
-    /// Whether only one bearer token is accepted (the key itself is not shown).
-    pub api_key_required: bool,
-    pub outage: bool,
-    pub revoked: bool,
-    /// The simulator's start as a Unix time in milliseconds: the origin of
-    /// every `at_ms` and `start_ms`.
-    pub epoch_unix_ms: u64,
 }
 
 impl SimHandle {
@@ -298,67 +201,6 @@ impl Sim {
     /// The simulator's clock, as a Unix time (see the module docs).
     fn now_unix(&self) -> Duration {
         self.epoch_unix.saturating_add(self.epoch.elapsed())
-    }
-}
-
-fn apply_control(sim: &Sim, c: &SimControl) {
-    if let Some(v) = c.outage {
-        sim.outage.store(v, Ordering::SeqCst);
-    }
-    if let Some(v) = c.revoked {
-        sim.revoked.store(v, Ordering::SeqCst);
-    }
-    let mut cfg = sim.cfg.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(v) = c.limit {
-        cfg.limit = v;
-    }
-    if let Some(v) = c.latency_ms {
-        cfg.latency = Duration::from_millis(v);
-    }
-    if let Some(v) = c.latency_jitter_ms {
-        cfg.latency_jitter = Duration::from_millis(v);
-    }
-    if let Some(v) = c.model {
-        cfg.model = v;
-    }
-    if let Some(v) = c.window_ms {
-        cfg.window = Duration::from_millis(v.max(1));
-    }
-    if let Some(v) = c.burst {
-        cfg.burst = v;
-    }
-    if let Some(v) = c.count_refused {
-        cfg.count_refused = v;
-    }
-    if let Some(v) = c.reset_style {
-        cfg.reset_style = v;
-    }
-    if let Some(v) = c.retry_after {
-        cfg.retry_after = v;
-    }
-    // Under the configuration's lock, so changes apply in order.
-    sim.rate
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .reconfigure(&cfg, sim.now_unix());
-}
-
-fn config_view(sim: &Sim) -> SimConfigView {
-    let cfg = sim.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    SimConfigView {
-        model: cfg.model,
-        limit: cfg.limit,
-        window_ms: millis(cfg.window),
-        burst: cfg.burst,
-        count_refused: cfg.count_refused,
-        reset_style: cfg.reset_style,
-        retry_after: cfg.retry_after,
-        latency_ms: millis(cfg.latency),
-        latency_jitter_ms: millis(cfg.latency_jitter),
-        api_key_required: cfg.api_key.is_some(),
-        outage: sim.outage.load(Ordering::SeqCst),
-        revoked: sim.revoked.load(Ordering::SeqCst),
-        epoch_unix_ms: millis(sim.epoch_unix),
     }
 }
 
