@@ -73,7 +73,7 @@ pub async fn run(args: Args, settings: Option<Settings>) -> anyhow::Result<()> {
     .with_context(|| format!("binding {listen}"))?;
     let c = handle.config();
     println!(
-        "simulated Telnyx API on {} (POST /v2/messages): {:?}, limit {} per {} ms",
+        "simulated Telnyx API on {} (POST /v2/messages): {}, limit {} per {} ms",
         handle.base_url(),
         c.model,
         c.limit,

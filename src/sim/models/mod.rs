@@ -83,6 +83,18 @@ pub enum ModelKind {
     Gcra,
 }
 
+impl std::fmt::Display for ModelKind {
+    /// The name the flags and the control endpoint use.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::FixedClock => "fixed-clock",
+            Self::FixedFirst => "fixed-first",
+            Self::Sliding => "sliding",
+            Self::Gcra => "gcra",
+        })
+    }
+}
+
 /// What a model counts with; build with [`Params::new`], which keeps every
 /// value in range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +247,17 @@ mod tests {
 
     pub(super) fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+
+    #[test]
+    fn model_names_match_the_flags_and_the_control_endpoint() {
+        use clap::ValueEnum;
+        for kind in ModelKind::value_variants() {
+            let flag = kind.to_possible_value().unwrap();
+            assert_eq!(kind.to_string(), flag.get_name());
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, kind.to_string().as_str());
+        }
     }
 
     #[test]
