@@ -1,17 +1,49 @@
 //! A local, Telnyx-compatible Messaging API: `POST /v2/messages` with the
 //! response and error shapes of the real one, `x-ratelimit-*` headers from a
-//! fixed-window limit, 429s with `retry-after`, configurable latency, and an
-//! optional API key check.
+//! rate limit that plays one of the server models real APIs use, 429s with
+//! `retry-after`, configurable latency with jitter, and an optional API key
+//! check.
 //!
 //! It serves `send-worker simulate`, `send-worker demo`, the tests and the
 //! benchmarks. Outcomes are chosen by the destination number, so any producer
 //! can script them (see [`scenario_for`]); tests can also install a
 //! [`Behavior`] hook, flip an outage or revoke the key at runtime, through
 //! [`SimHandle`] or `POST /_sim/control`.
+//!
+//! The rate limit ([`SimConfig`], changeable at runtime through
+//! [`SimControl`]):
+//! - the model ([`ModelKind`]: `fixed-clock`, `fixed-first`, `sliding`,
+//!   `gcra`), its limit `L` per window `W`, gcra's `burst`, and whether
+//!   refused requests count: exact semantics in [`models`];
+//! - how the headers are written ([`ResetStyle`], [`RetryAfterStyle`]):
+//!   rounding in [`headers`]. A 429 from the limit carries Telnyx's error body,
+//!   code 10011.
+//!
+//! Time: the simulator's clock is the Unix time read once at its start,
+//! advanced by the monotonic clock (so it never jumps; clock-aligned windows
+//! are aligned to it). Every request is decided and counted the moment it
+//! arrives, then answered after `latency` plus a jitter drawn uniformly from
+//! `[0, latency_jitter]`: a client that disconnects meanwhile has still had
+//! its message accepted. Unauthenticated requests count too (the limit
+//! decides first; a 401 or an outage's 503 wins over a 429).
+//!
+//! Inspection: `GET /_sim/stats`, `GET /_sim/requests` (every request, with
+//! its arrival `at_ms`), `GET /_sim/windows` (the rate-limit windows, see
+//! [`SimWindow`]) and `GET /_sim/config` (the configuration in force,
+//! [`SimConfigView`]), or the same through [`SimHandle`].
 
+mod control;
+mod headers;
+pub mod models;
 mod scenarios;
 mod window;
 
+#[cfg(test)]
+mod tests;
+
+pub use control::{SimConfig, SimConfigView, SimControl};
+pub use headers::{ResetStyle, RetryAfterStyle};
+pub use models::ModelKind;
 pub use scenarios::{Behavior, SimReply, scenario_for};
 pub use window::SimWindow;
 
@@ -19,7 +51,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -32,42 +64,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use control::{apply_control, config_view};
 use scenarios::{auth_failed, error_body, success_body};
-use window::Windows;
-
-/// How the simulator's `x-ratelimit-reset` is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ResetStyle {
-    /// Seconds until the window resets (Telnyx's docs).
-    Seconds,
-    /// A unix timestamp (the send guide).
-    Unix,
-}
-
-#[derive(Debug, Clone)]
-pub struct SimConfig {
-    /// Added to every answer.
-    pub latency: Duration,
-    /// Requests per window; 0 disables the limit (headers are still sent).
-    pub limit: u64,
-    pub window: Duration,
-    pub reset_style: ResetStyle,
-    /// When set, any other bearer token gets 401 / 10009.
-    pub api_key: Option<String>,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        Self {
-            latency: Duration::from_millis(20),
-            limit: 0,
-            window: Duration::from_secs(1),
-            reset_style: ResetStyle::Seconds,
-            api_key: None,
-        }
-    }
-}
+use window::RateState;
 
 /// One request as the simulator saw it.
 #[derive(Debug, Clone, Serialize)]
@@ -88,7 +87,9 @@ pub struct SimRequest {
 struct Sim {
     cfg: Mutex<SimConfig>,
     epoch: Instant,
-    windows: Mutex<Windows>,
+    /// `epoch` as a Unix time.
+    epoch_unix: Duration,
+    rate: Mutex<RateState>,
     seen: Mutex<HashMap<u64, u32>>,
     log: Mutex<Vec<SimRequest>>,
     total: AtomicU64,
@@ -121,15 +122,6 @@ pub struct SimStats {
     pub requests: u64,
     pub accepted: u64,
     pub rate_limited: u64,
-}
-
-/// `POST /_sim/control`: every field optional.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SimControl {
-    pub outage: Option<bool>,
-    pub revoked: Option<bool>,
-    pub limit: Option<u64>,
-    pub latency_ms: Option<u64>,
 }
 
 impl SimHandle {
@@ -176,14 +168,26 @@ impl SimHandle {
         *self.sim.behavior.lock().unwrap_or_else(|e| e.into_inner()) = b;
     }
 
-    /// Every rate-limit window so far, oldest first, the current one last.
-    /// Windows start at the first request after the previous one ended.
+    /// Every rate-limit window so far, oldest first, the current one last:
+    /// the model's own windows for the fixed models, `W`-long windows aligned
+    /// to the Unix clock for sliding and gcra (see [`SimWindow`]).
     pub fn windows(&self) -> Vec<SimWindow> {
         self.sim
-            .windows
+            .rate
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .all(self.sim.epoch)
+            .windows()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> SimConfigView {
+        config_view(&self.sim)
+    }
+
+    /// The simulator's start as a Unix time in milliseconds: add it to an
+    /// `at_ms` or a `start_ms` to get a Unix time.
+    pub fn epoch_unix_ms(&self) -> u64 {
+        millis(self.sim.epoch_unix)
     }
 
     /// Milliseconds since the simulator started (the clock of
@@ -197,19 +201,14 @@ fn millis_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-fn apply_control(sim: &Sim, c: &SimControl) {
-    if let Some(v) = c.outage {
-        sim.outage.store(v, Ordering::SeqCst);
-    }
-    if let Some(v) = c.revoked {
-        sim.revoked.store(v, Ordering::SeqCst);
-    }
-    let mut cfg = sim.cfg.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(v) = c.limit {
-        cfg.limit = v;
-    }
-    if let Some(v) = c.latency_ms {
-        cfg.latency = Duration::from_millis(v);
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Sim {
+    /// The simulator's clock, as a Unix time (see the module docs).
+    fn now_unix(&self) -> Duration {
+        self.epoch_unix.saturating_add(self.epoch.elapsed())
     }
 }
 
@@ -219,10 +218,15 @@ pub async fn start(
     cfg: SimConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<SimHandle> {
+    let epoch = Instant::now();
+    let epoch_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     let sim = Arc::new(Sim {
+        rate: Mutex::new(RateState::new(&cfg, epoch_unix)),
         cfg: Mutex::new(cfg),
-        epoch: Instant::now(),
-        windows: Mutex::new(Windows::default()),
+        epoch,
+        epoch_unix,
         seen: Mutex::new(HashMap::new()),
         log: Mutex::new(Vec::new()),
         total: AtomicU64::new(0),
@@ -239,6 +243,8 @@ pub async fn start(
         .route("/_sim/stats", get(stats))
         .route("/_sim/requests", get(requests))
         .route("/_sim/control", post(control))
+        .route("/_sim/windows", get(windows))
+        .route("/_sim/config", get(config))
         .with_state(sim.clone());
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -261,6 +267,15 @@ async fn stats(State(sim): State<Arc<Sim>>) -> impl IntoResponse {
 async fn requests(State(sim): State<Arc<Sim>>) -> impl IntoResponse {
     let log = sim.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
     axum::Json(log)
+}
+
+async fn windows(State(sim): State<Arc<Sim>>) -> impl IntoResponse {
+    let w = sim.rate.lock().unwrap_or_else(|e| e.into_inner()).windows();
+    axum::Json(w)
+}
+
+async fn config(State(sim): State<Arc<Sim>>) -> impl IntoResponse {
+    axum::Json(config_view(&sim))
 }
 
 async fn control(
@@ -347,12 +362,13 @@ async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
         body: String::from_utf8_lossy(&body).into_owned(),
     };
 
-    let (allowed, limit) = sim
-        .windows
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take(&cfg, sim.epoch);
-    req.at_ms = millis_since(sim.epoch);
+    let (now, limit) = {
+        let mut rate = sim.rate.lock().unwrap_or_else(|e| e.into_inner());
+        let now = sim.now_unix();
+        (now, rate.take(now))
+    };
+    req.at_ms = millis(now.saturating_sub(sim.epoch_unix));
+    let mut retry_after = None;
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -376,11 +392,14 @@ async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
             "Service unavailable",
             "The service is temporarily unavailable.",
         ))
-    } else if !allowed {
-        Some(SimReply {
-            retry_after: Some(limit.reset_in.as_secs_f64().ceil().max(1.0) as u64),
-            ..SimReply::error(429, "10011", "Too many requests", "Rate limit exceeded.")
-        })
+    } else if !limit.allowed {
+        retry_after = Some(headers::retry_after(cfg.retry_after, now, limit.retry_in));
+        Some(SimReply::error(
+            429,
+            "10011",
+            "Too many requests",
+            "Rate limit exceeded.",
+        ))
     } else if parsed.as_ref().is_none_or(|v| !v.is_object()) {
         Some(SimReply::error(
             400,
@@ -402,14 +421,18 @@ async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
     };
 
     let mut out_headers = HeaderMap::new();
-    limit.apply(&mut out_headers);
+    headers::rate_limit(&mut out_headers, &limit, cfg.reset_style, now);
     let response = match reply {
         Some(r) => {
             if r.status == 429 {
                 sim.rate_limited.fetch_add(1, Ordering::SeqCst);
             }
-            if let Some(s) = r.retry_after {
-                out_headers.insert("retry-after", HeaderValue::from(s));
+            let retry_after = retry_after.or_else(|| {
+                let s = r.retry_after?;
+                Some(headers::scripted_retry_after(cfg.retry_after, now, s))
+            });
+            if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                out_headers.insert("retry-after", v);
             }
             req.status = r.status;
             let status =
@@ -424,8 +447,19 @@ async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
         }
     };
     sim.log.lock().unwrap_or_else(|e| e.into_inner()).push(req);
-    if !cfg.latency.is_zero() {
-        tokio::time::sleep(cfg.latency).await;
+    let latency = cfg.latency.saturating_add(jitter(cfg.latency_jitter));
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     response
+}
+
+/// Uniform in `[0, max]`, to the nanosecond.
+fn jitter(max: Duration) -> Duration {
+    use rand::Rng;
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let n = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::rng().random_range(0..=n))
 }
