@@ -20,6 +20,7 @@ pub mod config;
 pub mod ops;
 pub mod redis;
 pub mod secret;
+pub mod store;
 
 // Development: the Telnyx simulator and the kit that tests, benchmarks and
 // the demo share. A production build leaves them out (`--no-default-features`).

@@ -130,7 +130,7 @@ async fn dead_letter(env: &TestEnv, id: &str, reason: DeadReason, code: &str, st
         code: Some(code.to_owned()),
         title: "Failed".to_owned(),
         detail: format!("{id} failed"),
-        retry_after: None,
+        ..Failure::default()
     };
     let props = dead_letter_props(&job_props(id), reason, &failure, 3);
     let props = headers::with_header(props, headers::RATE_LIMIT_BOUNCES, headers::int(2));

@@ -91,6 +91,7 @@ impl Outbox {
             return;
         };
         let mut delay = Duration::from_millis(200);
+        let mut flush_until: Option<tokio::time::Instant> = None;
         'session: loop {
             if stop.is_cancelled() && rx.is_empty() {
                 break;
@@ -113,9 +114,15 @@ impl Outbox {
             delay = Duration::from_millis(200);
             loop {
                 let first = if stop.is_cancelled() {
-                    match tokio::time::timeout(FLUSH, rx.recv()).await {
-                        Ok(Some(e)) => e,
-                        _ => break 'session,
+                    // Stopping: publish what is queued (for at most FLUSH), then end.
+                    let until =
+                        *flush_until.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH);
+                    if tokio::time::Instant::now() >= until {
+                        break 'session;
+                    }
+                    match rx.try_recv() {
+                        Ok(e) => e,
+                        Err(_) => break 'session,
                     }
                 } else {
                     tokio::select! {

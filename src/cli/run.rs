@@ -19,7 +19,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let api = TelnyxClient::new(&settings.telnyx).context("building the Telnyx client")?;
     let listen = settings.http_listen();
-    let worker = Worker::new(settings, api, metrics.clone());
+    let worker = Worker::new(settings, api, metrics.clone()).context("building the job store")?;
     let http_stop = CancellationToken::new();
     let (addr, http) =
         crate::ops::http::serve(listen, metrics, worker.state.clone(), http_stop.clone())

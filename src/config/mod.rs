@@ -46,6 +46,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub redis: RedisSettings,
+    pub dedupe: DedupeSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -166,6 +167,40 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub connect_timeout_ms: u64,
     pub command_timeout_ms: u64,
+}
+
+/// Where the job store keeps what it knows (`dedupe.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupeBackend {
+    Off,
+    Memory,
+    Redis,
+}
+
+/// What to do with a job whose outcome is unknown (`dedupe.on_unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUnknown {
+    /// Send it again: a possible duplicate, counted.
+    Send,
+    /// Dead-letter it with reason `unknown-outcome`: never a duplicate.
+    DeadLetter,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeSettings {
+    pub backend: DedupeBackend,
+    /// How long a sent job is remembered.
+    pub ttl_secs: u64,
+    /// A lease lasts `telnyx.request_timeout_ms` plus this.
+    pub lease_margin_ms: u64,
+    pub on_unknown: OnUnknown,
+    /// Go on sending, unsuppressed, while the store is unreachable.
+    pub fail_open: bool,
+    /// The memory backend remembers at most this many jobs.
+    pub memory_max_entries: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -152,6 +152,19 @@ impl Settings {
                 "redis.connect_timeout_ms and redis.command_timeout_ms must be positive",
             ));
         }
+        let d = &self.dedupe;
+        if d.backend == super::DedupeBackend::Redis && r.url.is_empty() {
+            return Err(invalid(
+                "dedupe.backend",
+                "\"redis\" needs redis.url (SEND_WORKER__REDIS__URL); or use \"memory\"",
+            ));
+        }
+        if d.ttl_secs == 0 {
+            return Err(invalid("dedupe.ttl_secs", "must be at least 1"));
+        }
+        if d.memory_max_entries == 0 {
+            return Err(invalid("dedupe.memory_max_entries", "must be at least 1"));
+        }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "http.listen",

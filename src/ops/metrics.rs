@@ -30,6 +30,11 @@ pub struct Metrics {
     pub consuming: IntGauge,
     pub events: IntCounterVec,
     pub panics: IntCounter,
+    pub dedupe_lease_contended: IntCounter,
+    pub dedupe_unknown: IntCounterVec,
+    pub dedupe_store_errors: IntCounterVec,
+    pub dedupe_store_seconds: Histogram,
+    pub dedupe_store_available: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -58,7 +63,7 @@ pub mod result {
 
 /// Label values that are created at zero at start, so dashboards and alerts
 /// see every series from the first scrape (rate() over a missing series is empty).
-const KNOWN_OUTCOMES: [(&str, &str); 15] = [
+const KNOWN_OUTCOMES: [(&str, &str); 17] = [
     (result::SENT, "ok"),
     (result::RETRIED, "transient"),
     (result::RETRIED, "rate_limited"),
@@ -74,6 +79,8 @@ const KNOWN_OUTCOMES: [(&str, &str); 15] = [
     (result::REQUEUED, "publish_failed"),
     (result::DEAD_LETTERED, "delivery_limit"),
     (result::DEAD_LETTERED, "internal"),
+    (result::DEAD_LETTERED, "unknown_outcome"),
+    (result::DEFERRED, "leased"),
 ];
 
 impl Metrics {
@@ -98,6 +105,13 @@ impl Metrics {
         for r in ["published", "failed", "dropped"] {
             m.events.with_label_values(&[r]);
         }
+        for a in ["send", "dead_letter"] {
+            m.dedupe_unknown.with_label_values(&[a]);
+        }
+        for op in ["begin", "record", "release", "lookup"] {
+            m.dedupe_store_errors.with_label_values(&[op]);
+        }
+        m.dedupe_store_available.set(1);
         m.cost.with_label_values(&["USD"]);
         m
     }
@@ -266,6 +280,49 @@ impl Metrics {
                 counter(
                     "job_panics_total",
                     "Jobs whose handling panicked (a bug); each was settled, never left unacked.",
+                ),
+            ),
+            dedupe_lease_contended: reg(
+                &r,
+                counter(
+                    "dedupe_lease_contended_total",
+                    "Jobs put back because another worker held a live lease on them.",
+                ),
+            ),
+            dedupe_unknown: reg(
+                &r,
+                counter_vec(
+                    "dedupe_unknown_total",
+                    "Jobs whose outcome was unknown (a lease ran out, or a request timed out), by what was done: send again or dead_letter.",
+                    &["action"],
+                ),
+            ),
+            dedupe_store_errors: reg(
+                &r,
+                counter_vec(
+                    "dedupe_store_errors_total",
+                    "Job store operations that failed, by operation.",
+                    &["op"],
+                ),
+            ),
+            dedupe_store_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        format!("{p}dedupe_store_seconds"),
+                        "Job store operation latency.",
+                    )
+                    .buckets(vec![
+                        0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                    ]),
+                )
+                .expect("valid metric"),
+            ),
+            dedupe_store_available: reg(
+                &r,
+                igauge(
+                    "dedupe_store_available",
+                    "1 while the job store answers (0: sending pauses unless dedupe.fail_open).",
                 ),
             ),
             registry: r,

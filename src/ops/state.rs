@@ -24,6 +24,7 @@ pub struct WorkerState {
     circuit: AtomicU8,
     halt: Mutex<Option<String>>,
     paused: AtomicBool,
+    store: Mutex<Option<String>>,
 }
 
 /// The body of `/readyz`.
@@ -50,6 +51,7 @@ impl WorkerState {
             circuit: AtomicU8::new(Circuit::Closed as u8),
             halt: Mutex::new(None),
             paused: AtomicBool::new(false),
+            store: Mutex::new(None),
         }
     }
 
@@ -69,6 +71,17 @@ impl WorkerState {
 
     pub fn set_paused(&self, v: bool) {
         self.paused.store(v, Ordering::SeqCst);
+    }
+
+    /// The job store cannot be reached (`Some(why)`), or can again (`None`).
+    /// While it cannot, sending pauses (unless `dedupe.fail_open`) and the
+    /// worker is not ready.
+    pub fn set_store_unavailable(&self, reason: Option<String>) {
+        *self.store.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    pub fn store_unavailable(&self) -> Option<String> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn set_circuit(&self, c: Circuit) {
@@ -130,6 +143,9 @@ impl WorkerState {
         }
         if rate_limit_paused {
             reasons.push("paused by a 429 from the API".to_owned());
+        }
+        if let Some(why) = self.store_unavailable() {
+            reasons.push(format!("job store unavailable: {why}"));
         }
         if circuit != Circuit::Closed {
             reasons.push(format!("circuit breaker {circuit:?}"));

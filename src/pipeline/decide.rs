@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::config::OnUnknown;
 use crate::job::{Job, Rejection, RejectionKind};
 use crate::retry::Backoff;
 use crate::telnyx::{Accepted, Failure, Outcome};
@@ -19,6 +20,9 @@ pub enum DeadReason {
     /// Handling the job panicked (a bug in the worker): settled here
     /// instead of being held unacked.
     Internal,
+    /// It may have been sent (a worker died with its request in flight, or
+    /// the request timed out) and `dedupe.on_unknown` is `dead-letter`.
+    UnknownOutcome,
 }
 
 impl DeadReason {
@@ -30,6 +34,7 @@ impl DeadReason {
             DeadReason::AttemptsExhausted => "attempts-exhausted",
             DeadReason::Expired => "expired",
             DeadReason::Internal => "internal",
+            DeadReason::UnknownOutcome => "unknown-outcome",
         }
     }
 
@@ -37,6 +42,7 @@ impl DeadReason {
     pub(super) fn label(self) -> &'static str {
         match self {
             DeadReason::AttemptsExhausted => "attempts_exhausted",
+            DeadReason::UnknownOutcome => "unknown_outcome",
             other => other.as_str(),
         }
     }
@@ -51,6 +57,8 @@ pub enum RetryKind {
     RateLimited,
     /// Its sender is paced too far behind: not charged; counted in `x-deferrals`.
     Paced,
+    /// Another worker holds its lease (it may be sending it): not charged.
+    Leased,
 }
 
 /// What happens to a delivery.
@@ -58,6 +66,9 @@ pub enum RetryKind {
 pub enum Disposition {
     /// Sent: publish the result event, ack.
     Ack(Accepted),
+    /// Sent before (the job store says so): ack without sending, and
+    /// publish its result event again.
+    Suppressed(Accepted),
     /// Publish a delayed copy to a retry tier (confirmed), then ack.
     Retry {
         kind: RetryKind,
@@ -80,9 +91,26 @@ pub enum Disposition {
 
 /// What to do after an API answer. Pure: the policy for *when*, given
 /// [`classify`]'s *what*.
-pub fn decide(job: &Job, outcome: Outcome, backoff: &Backoff, jitter: f64) -> Disposition {
+pub fn decide(
+    job: &Job,
+    outcome: Outcome,
+    backoff: &Backoff,
+    on_unknown: OnUnknown,
+    jitter: f64,
+) -> Disposition {
     match outcome {
         Outcome::Sent(accepted) => Disposition::Ack(accepted),
+        // A timeout: the API may have accepted it, and a retry could send
+        // it twice. With `dedupe.on_unknown = "dead-letter"` it is not retried.
+        Outcome::Retry(failure)
+            if failure.maybe_accepted && on_unknown == OnUnknown::DeadLetter =>
+        {
+            Disposition::DeadLetter {
+                reason: DeadReason::UnknownOutcome,
+                failure,
+                attempts: job.attempt,
+            }
+        }
         Outcome::Reject(failure) => Disposition::DeadLetter {
             reason: DeadReason::Permanent,
             failure,
@@ -206,6 +234,7 @@ mod tests {
                 &job(attempt, 0),
                 Outcome::Retry(failure(None)),
                 &backoff(),
+                OnUnknown::Send,
                 0.5,
             ) {
                 Disposition::Retry {
@@ -221,7 +250,13 @@ mod tests {
                 other => panic!("attempt {attempt}: {other:?}"),
             }
         }
-        match decide(&job(5, 0), Outcome::Retry(failure(None)), &backoff(), 0.5) {
+        match decide(
+            &job(5, 0),
+            Outcome::Retry(failure(None)),
+            &backoff(),
+            OnUnknown::Send,
+            0.5,
+        ) {
             Disposition::DeadLetter {
                 reason, attempts, ..
             } => {
@@ -238,6 +273,7 @@ mod tests {
             &job(1, 0),
             Outcome::Retry(failure(Some(Duration::from_secs(40)))),
             &backoff(),
+            OnUnknown::Send,
             0.0,
         );
         assert!(matches!(d, Disposition::Retry { delay, .. } if delay == Duration::from_secs(40)));
@@ -246,7 +282,13 @@ mod tests {
     #[test]
     fn rate_limits_bounce_without_charging_until_the_cap() {
         let f = failure(Some(Duration::from_secs(2)));
-        match decide(&job(2, 0), Outcome::RateLimited(f.clone()), &backoff(), 0.5) {
+        match decide(
+            &job(2, 0),
+            Outcome::RateLimited(f.clone()),
+            &backoff(),
+            OnUnknown::Send,
+            0.5,
+        ) {
             Disposition::Retry {
                 kind,
                 delay,
@@ -261,7 +303,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match decide(&job(2, 3), Outcome::RateLimited(f.clone()), &backoff(), 0.5) {
+        match decide(
+            &job(2, 3),
+            Outcome::RateLimited(f.clone()),
+            &backoff(),
+            OnUnknown::Send,
+            0.5,
+        ) {
             Disposition::Retry {
                 kind,
                 attempts_made,
@@ -273,7 +321,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            decide(&job(5, 3), Outcome::RateLimited(f), &backoff(), 0.5),
+            decide(
+                &job(5, 3),
+                Outcome::RateLimited(f),
+                &backoff(),
+                OnUnknown::Send,
+                0.5
+            ),
             Disposition::DeadLetter {
                 reason: DeadReason::AttemptsExhausted,
                 ..
@@ -289,6 +343,7 @@ mod tests {
             &job(1, 0),
             Outcome::RateLimited(day.clone()),
             &backoff(),
+            OnUnknown::Send,
             0.5,
         ) {
             Disposition::Retry { kind, delay, .. } => {
@@ -298,7 +353,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // An hour-long 503: at most retry.cap_ms, so it fits the top tier.
-        match decide(&job(1, 0), Outcome::Retry(day), &backoff(), 0.5) {
+        match decide(
+            &job(1, 0),
+            Outcome::Retry(day),
+            &backoff(),
+            OnUnknown::Send,
+            0.5,
+        ) {
             Disposition::Retry { delay, .. } => assert_eq!(delay, backoff().cap),
             other => panic!("{other:?}"),
         }
@@ -310,7 +371,13 @@ mod tests {
             ..backoff()
         };
         assert!(matches!(
-            decide(&j, Outcome::RateLimited(failure(None)), &b, 0.5),
+            decide(
+                &j,
+                Outcome::RateLimited(failure(None)),
+                &b,
+                OnUnknown::Send,
+                0.5
+            ),
             Disposition::Retry {
                 kind: RetryKind::Transient,
                 ..
@@ -321,7 +388,13 @@ mod tests {
     #[test]
     fn permanent_halt_and_sent() {
         assert!(matches!(
-            decide(&job(1, 0), Outcome::Reject(failure(None)), &backoff(), 0.5),
+            decide(
+                &job(1, 0),
+                Outcome::Reject(failure(None)),
+                &backoff(),
+                OnUnknown::Send,
+                0.5
+            ),
             Disposition::DeadLetter {
                 reason: DeadReason::Permanent,
                 attempts: 1,
@@ -329,7 +402,13 @@ mod tests {
             }
         ));
         assert!(matches!(
-            decide(&job(3, 0), Outcome::Halt(failure(None)), &backoff(), 0.5),
+            decide(
+                &job(3, 0),
+                Outcome::Halt(failure(None)),
+                &backoff(),
+                OnUnknown::Send,
+                0.5
+            ),
             Disposition::Requeue { halt: Some(_) }
         ));
         assert!(matches!(
@@ -337,6 +416,7 @@ mod tests {
                 &job(1, 0),
                 Outcome::Sent(Accepted::default()),
                 &backoff(),
+                OnUnknown::Send,
                 0.5
             ),
             Disposition::Ack(_)

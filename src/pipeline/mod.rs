@@ -11,6 +11,7 @@
 
 pub mod circuit;
 mod decide;
+mod dedupe;
 pub mod ledger;
 mod settle;
 
@@ -28,11 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::amqp::{Outbox, Publisher, Topology};
+use crate::config::OnUnknown;
 use crate::job::{self, Job};
 use crate::limiter::{Admission, RateControl};
 use crate::ops::metrics::Metrics;
 use crate::ops::state::WorkerState;
 use crate::retry::Backoff;
+use crate::store::Store;
 use crate::telnyx::{Failure, Outcome, TelnyxClient, classify};
 use circuit::{CircuitBreaker, Signal};
 use decide::{expired_disposition, rejection_disposition};
@@ -97,6 +100,14 @@ pub struct Pipeline {
     pub publisher: Publisher,
     pub outbox: Outbox,
     pub ledger: Arc<Ledger>,
+    /// Duplicate suppression ([`dedupe`]).
+    pub store: Store,
+    /// How long a job's lease lasts (the request timeout plus a margin).
+    pub lease: Duration,
+    pub on_unknown: OnUnknown,
+    pub fail_open: bool,
+    /// The fail-open warning is logged once per process.
+    pub fail_open_logged: Arc<AtomicBool>,
     pub in_flight: Arc<Semaphore>,
     pub max_body_bytes: usize,
     pub max_age: Option<Duration>,
@@ -168,7 +179,7 @@ impl Pipeline {
                     info!("settling again what was decided before the broker fault");
                     d
                 }
-                None => self.process(&job, signals).await,
+                None => self.process(&mut job, signals).await,
             };
             if let Disposition::Requeue { halt: Some(f) } = &disposition {
                 let reason = describe(f);
@@ -222,7 +233,7 @@ impl Pipeline {
     }
 
     /// Decide the disposition of a valid job, sending it if it may be sent.
-    async fn process(&self, job: &Job, signals: &JobSignals) -> Disposition {
+    async fn process(&self, job: &mut Job, signals: &JobSignals) -> Disposition {
         if job.is_expired(SystemTime::now()) {
             return expired_disposition(job);
         }
@@ -245,7 +256,7 @@ impl Pipeline {
 
     /// Pace, send and classify. The signal tells the circuit breaker what
     /// the answer says about the API's health.
-    async fn send(&self, job: &Job, signals: &JobSignals) -> (Disposition, Signal) {
+    async fn send(&self, job: &mut Job, signals: &JobSignals) -> (Disposition, Signal) {
         let neutral = |d| (d, Signal::Neutral);
         match self.limiter.admit(job, &signals.cancel).await {
             Admission::Go => {}
@@ -265,6 +276,11 @@ impl Pipeline {
         if job.is_expired(SystemTime::now()) {
             return neutral(expired_disposition(job));
         }
+        // The one place a send is decided: ask the job store first.
+        let owner = match self.lease(job, signals).await {
+            dedupe::Lease::Go { owner } => owner,
+            dedupe::Lease::Done(d) => return neutral(d),
+        };
         let permit = tokio::select! {
             _ = signals.cancel.cancelled() => return neutral(Disposition::Requeue { halt: None }),
             p = self.in_flight.clone().acquire_owned() => match p {
@@ -313,10 +329,30 @@ impl Pipeline {
         }
         debug!(?outcome, "API answered");
         let signal = Signal::of(&outcome);
-        (
-            decide(job, outcome, &self.backoff, rand::random::<f64>()),
-            signal,
-        )
+        if let Outcome::Retry(f) = &outcome
+            && f.maybe_accepted
+        {
+            // A timeout: the API may have accepted it.
+            let action = match self.on_unknown {
+                OnUnknown::Send => "send",
+                OnUnknown::DeadLetter => "dead_letter",
+            };
+            self.metrics
+                .dedupe_unknown
+                .with_label_values(&[action])
+                .inc();
+        }
+        let disposition = decide(
+            job,
+            outcome,
+            &self.backoff,
+            self.on_unknown,
+            rand::random::<f64>(),
+        );
+        if let Some(owner) = &owner {
+            self.record_outcome(job, owner, &disposition).await;
+        }
+        (disposition, signal)
     }
 }
 

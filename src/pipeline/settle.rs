@@ -82,6 +82,25 @@ impl Pipeline {
                 });
                 Settled::Sent
             }
+            Disposition::Suppressed(accepted) => {
+                // Sent before: only the ack is missing. The result event goes
+                // out again (a consumer may have missed the first).
+                if !self.ack(delivery, job_id, signals).await {
+                    return Settled::Failed;
+                }
+                self.metrics.outcome(result::SUPPRESSED, "duplicate");
+                self.event(ResultEvent {
+                    event: "sent",
+                    job_id,
+                    message_id: accepted.message_id.as_deref(),
+                    attempts: job.map_or(1, |j| j.attempt.saturating_sub(1).max(1)),
+                    parts: accepted.parts,
+                    reason: None,
+                    code: None,
+                    at: now_rfc3339(),
+                });
+                Settled::Suppressed
+            }
             Disposition::Retry {
                 kind,
                 delay,
@@ -142,6 +161,7 @@ impl Pipeline {
                     }
                     RetryKind::RateLimited => (result::RETRIED, "rate_limited"),
                     RetryKind::Paced => (result::DEFERRED, "paced"),
+                    RetryKind::Leased => (result::DEFERRED, "leased"),
                 };
                 self.metrics.outcome(result, reason);
                 info!(
@@ -186,6 +206,11 @@ impl Pipeline {
                 warn!(reason = reason.as_str(), error = %describe(failure), "dead-lettered");
                 if !self.ack(delivery, job_id, signals).await {
                     return Settled::Failed;
+                }
+                if job.is_some()
+                    && let Err(e) = self.store.dead_lettered(job_id, reason.as_str()).await
+                {
+                    warn!(error = %e, "the job store did not record the dead letter (status only)");
                 }
                 self.event(ResultEvent {
                     event: "dead_lettered",
@@ -413,6 +438,7 @@ mod tests {
             title: "Forbidden".into(),
             detail: "blocked".into(),
             retry_after: None,
+            ..Failure::default()
         };
         let p = dead_letter_props(&original, DeadReason::Permanent, &f, 1);
         assert_eq!(p.message_id().as_ref().unwrap().as_str(), "job-9");
@@ -437,6 +463,7 @@ mod tests {
             title: "Authentication failed".into(),
             detail: "".into(),
             retry_after: None,
+            ..Failure::default()
         };
         assert_eq!(describe(&f), "401 10009 Authentication failed");
     }

@@ -68,6 +68,9 @@ pub struct Failure {
     pub detail: String,
     /// From `retry-after`, when the API gave one.
     pub retry_after: Option<Duration>,
+    /// The request went out and no answer came back in time (a timeout):
+    /// the API may have accepted it.
+    pub maybe_accepted: bool,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +166,7 @@ pub fn classify_at(result: &ApiResult, now: SystemTime) -> Outcome {
                 title: title.to_owned(),
                 detail: e.to_string(),
                 retry_after: None,
+                maybe_accepted: matches!(e, TransportError::Timeout),
             });
         }
         Ok(r) => r,
@@ -208,6 +212,7 @@ pub fn classify_at(result: &ApiResult, now: SystemTime) -> Outcome {
             text.chars().take(500).collect()
         }),
         retry_after: retry_after(&response.headers, now),
+        maybe_accepted: false,
     };
     let has = |set: &[&str]| codes.iter().any(|c| set.contains(&c.as_str()));
 

@@ -43,6 +43,8 @@ pub enum KitError {
     Client(#[from] crate::telnyx::ClientError),
     #[error("configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("job store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The broker the kit uses: `SEND_WORKER__AMQP__URL`, or the local one.

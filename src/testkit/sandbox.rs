@@ -97,7 +97,7 @@ impl Sandbox {
     /// A worker with this sandbox's settings and fresh metrics.
     pub fn worker(&self) -> Result<Worker, KitError> {
         let api = TelnyxClient::new(&self.settings.telnyx)?;
-        Ok(Worker::new(self.settings.clone(), api, Metrics::new()))
+        Ok(Worker::new(self.settings.clone(), api, Metrics::new())?)
     }
 
     /// Run `worker` in this process until [`RunningWorker::stop`].

@@ -28,6 +28,7 @@ use crate::pipeline::circuit::CircuitBreaker;
 use crate::pipeline::ledger::Ledger;
 use crate::pipeline::{JobSignals, Pipeline, Progress};
 use crate::retry::Backoff;
+use crate::store::{Store, StoreError};
 use crate::telnyx::TelnyxClient;
 
 /// The parts of a worker that outlive one broker session.
@@ -42,6 +43,10 @@ pub struct Worker {
     pub halt_probe_interval: Duration,
     pub outbox: Outbox,
     pub ledger: Arc<Ledger>,
+    /// The process's one Redis client (None without `redis.url`).
+    pub redis: Option<crate::redis::Redis>,
+    pub store: Store,
+    fail_open_logged: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// After the drain's grace period, abandoned requests get this long to
@@ -54,7 +59,13 @@ enum SessionEnd {
 }
 
 impl Worker {
-    pub fn new(settings: Settings, api: TelnyxClient, metrics: Metrics) -> Self {
+    /// A worker for `settings`. Fails only if the job store cannot be built
+    /// (an invalid `redis.url`, which configuration validation rejects first).
+    pub fn new(
+        settings: Settings,
+        api: TelnyxClient,
+        metrics: Metrics,
+    ) -> Result<Self, StoreError> {
         let state = Arc::new(WorkerState::new(metrics.clone()));
         let limiter = Arc::new(RateControl::new(
             &settings.limiter,
@@ -64,7 +75,9 @@ impl Worker {
         let circuit = Arc::new(CircuitBreaker::new(settings.circuit.clone(), state.clone()));
         let halt_probe_interval = Duration::from_secs(settings.worker.halt_probe_secs);
         let outbox = Outbox::new(!settings.amqp.events_exchange.is_empty(), metrics.clone());
-        Self {
+        let redis = crate::redis::Redis::from_settings(&settings.redis)?;
+        let store = Store::from_settings(&settings, redis.as_ref(), metrics.clone())?;
+        Ok(Self {
             settings: Arc::new(settings),
             api,
             metrics,
@@ -74,7 +87,10 @@ impl Worker {
             halt_probe_interval,
             outbox,
             ledger: Arc::new(Ledger::new()),
-        }
+            redis,
+            store,
+            fail_open_logged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
     }
 
     pub fn topology(&self) -> Topology {
@@ -161,6 +177,16 @@ impl Worker {
             publisher,
             outbox: self.outbox.clone(),
             ledger: self.ledger.clone(),
+            store: self.store.clone(),
+            lease: Duration::from_millis(
+                self.settings
+                    .telnyx
+                    .request_timeout_ms
+                    .saturating_add(self.settings.dedupe.lease_margin_ms),
+            ),
+            on_unknown: self.settings.dedupe.on_unknown,
+            fail_open: self.settings.dedupe.fail_open,
+            fail_open_logged: self.fail_open_logged.clone(),
             in_flight: Arc::new(Semaphore::new(self.settings.telnyx.max_in_flight)),
             max_body_bytes: w.max_body_bytes,
             max_age: (w.max_age_secs > 0).then(|| Duration::from_secs(w.max_age_secs)),

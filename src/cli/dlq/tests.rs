@@ -35,6 +35,7 @@ fn dead(reason: DeadReason, code: Option<&str>, status: Option<u16>) -> BasicPro
         title: "Blocked".into(),
         detail: "The recipient replied\nSTOP.".into(),
         retry_after: None,
+        ..Failure::default()
     };
     dead_letter_props(&original(), reason, &f, 4)
 }
