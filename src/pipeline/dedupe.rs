@@ -115,7 +115,7 @@ impl Pipeline {
             job.attempt = recorded.saturating_add(1);
         }
         if job.attempt > self.backoff.max_attempts {
-            self.release(job, &owner, recorded).await;
+            self.release(job, &owner, recorded, false).await;
             return Lease::Done(Disposition::DeadLetter {
                 reason: DeadReason::AttemptsExhausted,
                 failure: Failure {
@@ -155,21 +155,33 @@ impl Pipeline {
                     }
                 }
             }
-            Disposition::Retry { attempts_made, .. } => {
-                self.release(job, owner, *attempts_made).await;
+            Disposition::Retry {
+                attempts_made,
+                failure,
+                ..
+            } => {
+                let maybe = failure.as_ref().is_some_and(|f| f.maybe_accepted);
+                self.release(job, owner, *attempts_made, maybe).await;
             }
-            Disposition::DeadLetter { attempts, .. } => {
-                self.release(job, owner, *attempts).await;
+            Disposition::DeadLetter {
+                attempts, failure, ..
+            } => {
+                self.release(job, owner, *attempts, failure.maybe_accepted)
+                    .await;
             }
             Disposition::Requeue { .. } | Disposition::Suppressed(_) => {
-                self.release(job, owner, job.attempt.saturating_sub(1))
+                self.release(job, owner, job.attempt.saturating_sub(1), false)
                     .await;
             }
         }
     }
 
-    async fn release(&self, job: &Job, owner: &str, attempts: u32) {
-        if let Err(e) = self.store.release(&job.id, owner, attempts).await {
+    async fn release(&self, job: &Job, owner: &str, attempts: u32, maybe_sent: bool) {
+        if let Err(e) = self
+            .store
+            .release(&job.id, owner, attempts, maybe_sent)
+            .await
+        {
             warn!(error = %e, "could not release the job's lease; it runs out by itself");
         }
     }

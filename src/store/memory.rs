@@ -180,7 +180,7 @@ impl MemoryStore {
         }
     }
 
-    pub fn release(&self, id: &str, owner: &str, attempts: u32, ttl: Duration) {
+    pub fn release(&self, id: &str, owner: &str, attempts: u32, maybe_sent: bool, ttl: Duration) {
         let now = Instant::now();
         let mut inner = self.lock();
         if let Some(e) = Self::live(&mut inner, id, now)
@@ -189,6 +189,9 @@ impl MemoryStore {
         {
             e.record.state = JobState::Released;
             e.record.attempts = e.record.attempts.max(attempts);
+            if maybe_sent {
+                e.record.unknowns = e.record.unknowns.saturating_add(1);
+            }
             e.owner = None;
             e.lease_until = None;
             e.expires = now + ttl;

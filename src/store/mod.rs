@@ -279,16 +279,27 @@ impl Store {
 
     /// The attempt did not send job `id` (a failure the API answered, or no
     /// attempt at all): drop `owner`'s lease, keeping the attempts made.
-    pub async fn release(&self, id: &str, owner: &str, attempts: u32) -> Result<(), StoreError> {
+    /// `maybe_sent`: the request timed out, so it may have been accepted
+    /// (counted in the record's `unknowns`, as an expired lease is).
+    pub async fn release(
+        &self,
+        id: &str,
+        owner: &str,
+        attempts: u32,
+        maybe_sent: bool,
+    ) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Off => Ok(()),
             Backend::Memory(m) => {
-                m.release(id, owner, attempts, self.ttl);
+                m.release(id, owner, attempts, maybe_sent, self.ttl);
                 Ok(())
             }
             Backend::Redis(r) => {
-                self.timed(Op::Release, r.release(id, owner, attempts, self.ttl))
-                    .await
+                self.timed(
+                    Op::Release,
+                    r.release(id, owner, attempts, maybe_sent, self.ttl),
+                )
+                .await
             }
         }
     }

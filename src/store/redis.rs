@@ -68,6 +68,9 @@ local h = redis.call('HMGET', KEYS[1], 'state', 'owner', 'attempts')
 if h[1] == 'leased' and h[2] == ARGV[1] then
   local attempts = math.max(tonumber(h[3]) or 0, tonumber(ARGV[2]))
   redis.call('HSET', KEYS[1], 'state', 'released', 'attempts', tostring(attempts))
+  if ARGV[4] == '1' then
+    redis.call('HINCRBY', KEYS[1], 'unknowns', 1)
+  end
   redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return 1
@@ -191,6 +194,7 @@ impl RedisStore {
         id: &str,
         owner: &str,
         attempts: u32,
+        maybe_sent: bool,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let mut c = self.redis.conn();
@@ -199,6 +203,7 @@ impl RedisStore {
             .arg(owner)
             .arg(attempts)
             .arg(ms(ttl))
+            .arg(if maybe_sent { "1" } else { "0" })
             .invoke_async(&mut c)
             .await?;
         Ok(())

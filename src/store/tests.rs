@@ -103,7 +103,7 @@ async fn a_released_lease_keeps_the_attempts_and_only_its_owner_releases_it() {
     for s in stores(Duration::from_secs(60)) {
         let name = s.backend_name();
         s.begin("j3", "a", LONG).await.unwrap();
-        s.release("j3", "someone-else", 3).await.unwrap();
+        s.release("j3", "someone-else", 3, false).await.unwrap();
         assert!(
             matches!(
                 s.begin("j3", "x", LONG).await.unwrap(),
@@ -111,18 +111,16 @@ async fn a_released_lease_keeps_the_attempts_and_only_its_owner_releases_it() {
             ),
             "{name}: a stranger cannot release it"
         );
-        s.release("j3", "a", 2).await.unwrap();
+        s.release("j3", "a", 2, false).await.unwrap();
         assert_eq!(
             s.begin("j3", "b", LONG).await.unwrap(),
             Begin::Fresh { attempts: 2 },
             "{name}"
         );
-        s.release("j3", "b", 1).await.unwrap();
-        assert_eq!(
-            s.lookup("j3").await.unwrap().unwrap().attempts,
-            2,
-            "{name}: attempts never go down"
-        );
+        s.release("j3", "b", 1, true).await.unwrap();
+        let r = s.lookup("j3").await.unwrap().unwrap();
+        assert_eq!(r.attempts, 2, "{name}: attempts never go down");
+        assert_eq!(r.unknowns, 1, "{name}: a timed-out attempt is a maybe-sent");
         // Dead-lettered jobs may be replayed (`dlq replay` resets their
         // attempts): a new lease from scratch, not a suppression.
         s.dead_lettered("j3", "attempts-exhausted").await.unwrap();

@@ -154,7 +154,10 @@ impl Worker {
     }
 
     async fn connect(&self) -> Result<(lapin::Connection, Publisher), BrokerError> {
-        let conn = amqp::connect(&self.settings.amqp.url, "send-worker").await?;
+        // Named after the queue, so an operator (or a test) can tell the
+        // consumers of one queue apart in RabbitMQ's connection list.
+        let name = format!("send-worker {}", self.settings.amqp.queue);
+        let conn = amqp::connect(&self.settings.amqp.url, &name).await?;
         if self.settings.amqp.declare_topology {
             let ch = conn.create_channel().await?;
             self.topology().declare(&ch).await?;
