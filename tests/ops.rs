@@ -9,14 +9,20 @@ use send_worker::sim::SimConfig;
 use send_worker::testkit::{TestEnv, sms, wait_for};
 use tokio_util::sync::CancellationToken;
 
-/// `send-worker probe --url URL`: its exit code.
-fn probe(url: &str) -> Option<i32> {
-    std::process::Command::new(env!("CARGO_BIN_EXE_send-worker"))
+/// `send-worker probe --url URL`: its exit code, and what it printed. Async:
+/// the server it probes runs on this test's runtime.
+async fn probe(url: &str) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_send-worker"))
         .args(["probe", "--url", url])
         .output()
-        .expect("run send-worker probe")
-        .status
-        .code()
+        .await
+        .expect("run send-worker probe");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
 }
 
 fn contract() -> Vec<String> {
@@ -65,12 +71,14 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
     assert_eq!(v["ready"], false);
     assert!(v["reasons"].to_string().contains("not connected"), "{body}");
     let readyz = format!("http://{addr}/readyz");
-    assert_eq!(probe(&readyz), Some(1), "probe exits 1 on 503");
-    assert_eq!(
-        probe("http://127.0.0.1:1/readyz"),
-        Some(1),
-        "and when nothing listens"
+    let (code, text) = probe(&readyz).await;
+    assert_eq!(code, Some(1), "probe exits 1 on 503: {text}");
+    assert!(
+        text.contains("503") && text.contains("not connected"),
+        "{text}"
     );
+    let (code, text) = probe("http://127.0.0.1:1/readyz").await;
+    assert_eq!(code, Some(1), "and when nothing listens: {text}");
 
     env.publish("m-ok", &sms("+15559876543", "ok")).await;
     env.publish("m-bad", &sms("+19990000403", "blocked")).await;
@@ -85,7 +93,9 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
     assert_eq!(v["consuming"], true);
     assert_eq!(v["store_available"], true);
     assert_eq!(v["degraded"], serde_json::json!([]));
-    assert_eq!(probe(&readyz), Some(0), "probe exits 0 on 200");
+    let (code, text) = probe(&readyz).await;
+    assert_eq!(code, Some(0), "probe exits 0 on 200: {text}");
+    assert!(text.contains("\"ready\":true"), "{text}");
 
     // Telnyx's health is not the pod's readiness: an open circuit and a
     // 429 pause leave /readyz at 200 and show in the body. A job store
@@ -113,7 +123,7 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
         body.contains("job store unavailable: Redis timed out"),
         "{body}"
     );
-    assert_eq!(probe(&readyz), Some(1));
+    assert_eq!(probe(&readyz).await.0, Some(1));
     worker.state.set_store_unavailable(None);
     assert_eq!(get("/readyz").await.0, 200);
     // The simulator counts a send when it arrives; the worker settles it
