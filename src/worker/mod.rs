@@ -316,7 +316,10 @@ mod tests {
             let nominal = (0.5 * 2f64.powi(i as i32)).min(15.0);
             let s = d.as_secs_f64();
             assert!(s >= nominal && s <= 2.0 * nominal, "delay {i}: {d:?}");
-            assert!(*d <= Duration::from_secs(30), "delay {i}: {d:?} over the cap");
+            assert!(
+                *d <= Duration::from_secs(30),
+                "delay {i}: {d:?} over the cap"
+            );
         }
         // Replicas draw their own waits: 40 draws from two schedules are not
         // all equal (each is uniform over an interval as wide as its base).
