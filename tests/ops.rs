@@ -1,5 +1,6 @@
-//! The ops endpoints of a real running worker: /healthz, /readyz and a
-//! /metrics scrape that must export every family in deploy/metrics-contract.txt.
+//! The ops endpoints of a real running worker: /healthz, /readyz (and
+//! `send-worker probe` against it) and a /metrics scrape that must export
+//! every family in deploy/metrics-contract.txt.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,6 +8,22 @@ use std::time::Duration;
 use send_worker::sim::SimConfig;
 use send_worker::testkit::{TestEnv, sms, wait_for};
 use tokio_util::sync::CancellationToken;
+
+/// `send-worker probe --url URL`: its exit code, and what it printed. Async:
+/// the server it probes runs on this test's runtime.
+async fn probe(url: &str) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_send-worker"))
+        .args(["probe", "--url", url])
+        .output()
+        .await
+        .expect("run send-worker probe");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
 
 fn contract() -> Vec<String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/metrics-contract.txt");
@@ -53,6 +70,15 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
     let v: serde_json::Value = serde_json::from_str(&body).expect("readyz is JSON");
     assert_eq!(v["ready"], false);
     assert!(v["reasons"].to_string().contains("not connected"), "{body}");
+    let readyz = format!("http://{addr}/readyz");
+    let (code, text) = probe(&readyz).await;
+    assert_eq!(code, Some(1), "probe exits 1 on 503: {text}");
+    assert!(
+        text.contains("503") && text.contains("not connected"),
+        "{text}"
+    );
+    let (code, text) = probe("http://127.0.0.1:1/readyz").await;
+    assert_eq!(code, Some(1), "and when nothing listens: {text}");
 
     env.publish("m-ok", &sms("+15559876543", "ok")).await;
     env.publish("m-bad", &sms("+19990000403", "blocked")).await;
@@ -65,6 +91,41 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
     let v: serde_json::Value = serde_json::from_str(&get("/readyz").await.1).expect("JSON");
     assert_eq!(v["ready"], true);
     assert_eq!(v["consuming"], true);
+    assert_eq!(v["store_available"], true);
+    assert_eq!(v["degraded"], serde_json::json!([]));
+    let (code, text) = probe(&readyz).await;
+    assert_eq!(code, Some(0), "probe exits 0 on 200: {text}");
+    assert!(text.contains("\"ready\":true"), "{text}");
+
+    // Telnyx's health is not the pod's readiness: an open circuit and a
+    // 429 pause leave /readyz at 200 and show in the body. A job store
+    // that cannot be used makes the pod unready, with the reason.
+    worker
+        .state
+        .set_circuit(send_worker::ops::state::Circuit::Open);
+    worker.state.set_paused(true);
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["circuit"], "open");
+    assert_eq!(v["rate_limit_paused"], true);
+    assert_eq!(v["degraded"].as_array().map(Vec::len), Some(2), "{body}");
+    worker
+        .state
+        .set_circuit(send_worker::ops::state::Circuit::Closed);
+    worker.state.set_paused(false);
+    worker
+        .state
+        .set_store_unavailable(Some("Redis timed out".into()));
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("job store unavailable: Redis timed out"),
+        "{body}"
+    );
+    assert_eq!(probe(&readyz).await.0, Some(1));
+    worker.state.set_store_unavailable(None);
+    assert_eq!(get("/readyz").await.0, 200);
     // The simulator counts a send when it arrives; the worker settles it
     // after the answer: wait for the worker's own count.
     wait_for("2 sends settled", Duration::from_secs(20), || async {

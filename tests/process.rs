@@ -318,7 +318,10 @@ async fn a_30s_outage_dead_letters_nothing() {
         .count();
     assert_eq!(failures_before, 0);
     let mut readyz_circuits = HashSet::new();
-    let mut readyz_503_while_open = false;
+    // Readiness is about this pod, not Telnyx: it stays 200 while the
+    // circuit is open, and the body says the API looks down.
+    let mut readyz_200_while_open = false;
+    let mut readyz_not_200_while_open = Vec::new();
     let mut max_metric_state = 0.0f64;
     let mut batches = 0u32;
     while started.elapsed() < OUTAGE {
@@ -331,8 +334,17 @@ async fn a_30s_outage_dead_letters_nothing() {
         w.assert_running();
         if let Some((status, body)) = w.readyz().await {
             let circuit = body["circuit"].as_str().unwrap_or("?").to_owned();
-            if circuit != "closed" && status == 503 {
-                readyz_503_while_open = true;
+            if circuit == "open" {
+                if status == 200
+                    && body["ready"] == true
+                    && body["degraded"]
+                        .to_string()
+                        .contains("circuit breaker open")
+                {
+                    readyz_200_while_open = true;
+                } else {
+                    readyz_not_200_while_open.push((status, body.clone()));
+                }
             }
             readyz_circuits.insert(circuit);
         }
@@ -364,8 +376,12 @@ async fn a_30s_outage_dead_letters_nothing() {
         "/readyz reported the circuit open: {readyz_circuits:?}"
     );
     assert!(
-        readyz_503_while_open,
-        "/readyz is 503 while the circuit is not closed"
+        readyz_200_while_open,
+        "/readyz is 200, saying the circuit is open, while it is open"
+    );
+    assert!(
+        readyz_not_200_while_open.is_empty(),
+        "an open circuit must not make the pod unready: {readyz_not_200_while_open:?}"
     );
     assert_eq!(
         max_metric_state, 2.0,
@@ -422,7 +438,9 @@ async fn a_revoked_key_halts_then_resumes_without_dead_letters() {
     let deadline = Instant::now() + T;
     let halted_body = loop {
         w.assert_running();
-        if let Some((503, body)) = w.readyz().await
+        // A halt is the account's problem, not the pod's: still ready (a
+        // rollout can ship a fix), consumer closed, the halt in the body.
+        if let Some((200, body)) = w.readyz().await
             && body["halted"].is_string()
             && body["consuming"] == false
         {
@@ -436,8 +454,14 @@ async fn a_revoked_key_halts_then_resumes_without_dead_letters() {
     };
     let reason = halted_body["halted"].as_str().unwrap_or_default();
     assert!(reason.contains("10009"), "halt reason: {halted_body}");
+    assert_eq!(halted_body["ready"], true, "{halted_body}");
+    assert_eq!(
+        halted_body["reasons"],
+        serde_json::json!([]),
+        "{halted_body}"
+    );
     assert!(
-        halted_body["reasons"].as_array().is_some_and(|r| r
+        halted_body["degraded"].as_array().is_some_and(|r| r
             .iter()
             .any(|x| x.as_str().is_some_and(|s| s.contains("halted")))),
         "{halted_body}"
@@ -487,8 +511,9 @@ async fn a_revoked_key_halts_then_resumes_without_dead_letters() {
         revoked: Some(false),
         ..SimControl::default()
     });
-    wait_for("/readyz 200 again", T, || async {
-        matches!(w.readyz().await, Some((200, _)))
+    wait_for("/readyz no longer halted, consuming again", T, || async {
+        matches!(w.readyz().await,
+            Some((200, b)) if b["halted"].is_null() && b["consuming"] == true)
     })
     .await;
     wait_for("every job sent after the resume", T, || async {
@@ -543,8 +568,8 @@ async fn a_long_halt_dead_letters_nothing() {
     });
     let texts = publish_jobs(&env, "longhalt", 0..10).await;
     let mut w = WorkerProcess::spawn("long-halt", &env.settings, &[]);
-    wait_for("the halt", T, || async {
-        matches!(w.readyz().await, Some((503, b)) if b["halted"].is_string())
+    wait_for("the halt (the pod stays ready)", T, || async {
+        matches!(w.readyz().await, Some((200, b)) if b["halted"].is_string())
     })
     .await;
     // 20 probes: several times the delivery limit per job given back.
@@ -744,6 +769,8 @@ async fn ops_endpoints_report_and_never_leak_the_key() {
     assert!(ready["halted"].is_null(), "{ready}");
     assert_eq!(ready["circuit"], "closed", "{ready}");
     assert_eq!(ready["reasons"], serde_json::json!([]), "{ready}");
+    assert_eq!(ready["degraded"], serde_json::json!([]), "{ready}");
+    assert_eq!(ready["store_available"], true, "{ready}");
     let (status, body) = w.get("/healthz").await.expect("/healthz");
     assert_eq!((status, body.trim()), (200, "ok"));
 

@@ -20,12 +20,18 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::secret::Secret;
 
+/// The login of the compose stack's broker (deploy/rabbitmq/compose-users.json),
+/// which imports definitions and so has no `guest` user.
+pub const COMPOSE_URL: &str = "amqp://send-worker:send-worker-dev@127.0.0.1:5672/%2f";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error(
-        "cannot reach RabbitMQ at {url}: {reason}. Start a broker (for example \
-         `rabbitmq-server -detached`, or `docker compose -f deploy/docker-compose.yml up -d rabbitmq`) \
-         or point SEND_WORKER__AMQP__URL at one"
+        "cannot reach RabbitMQ at {url}: {reason}. Start a broker: `rabbitmq-server -detached` \
+         (its guest/guest login works from localhost, the default amqp.url), or \
+         `docker compose -f deploy/docker-compose.yml up -d rabbitmq` with \
+         SEND_WORKER__AMQP__URL={COMPOSE_URL} (that broker has no guest user); or point \
+         SEND_WORKER__AMQP__URL at another one"
     )]
     Unreachable { url: String, reason: String },
     #[error("AMQP error: {0}")]
@@ -86,6 +92,22 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, lapin::E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hint_names_logins_that_work() {
+        let e = BrokerError::Unreachable {
+            url: "amqp://guest:***@127.0.0.1:5672/%2f".into(),
+            reason: "connection refused".into(),
+        }
+        .to_string();
+        assert!(e.contains("rabbitmq-server -detached"), "{e}");
+        assert!(e.contains(COMPOSE_URL), "{e}");
+        // The compose login is the one compose-users.json defines.
+        let users = include_str!("../../deploy/rabbitmq/compose-users.json");
+        assert!(users.contains("\"name\": \"send-worker\""), "{users}");
+        let compose = include_str!("../../deploy/docker-compose.yml");
+        assert!(compose.contains("amqp://send-worker:send-worker-dev@rabbitmq:5672/%2f"));
+    }
 
     #[test]
     fn urls_are_redacted() {

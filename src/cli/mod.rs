@@ -2,9 +2,11 @@
 //! loads the configuration and hands over to the subcommand; the binary
 //! (`src/main.rs`) is only a shell around it.
 
+mod config;
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod dlq;
+mod probe;
 mod run;
 #[cfg(feature = "sim")]
 mod simulate;
@@ -12,7 +14,7 @@ mod simulate;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -54,6 +56,19 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         cmd: dlq::DlqCommand,
+    },
+    /// Check the configuration and print it.
+    Config {
+        #[command(subcommand)]
+        cmd: config::ConfigCommand,
+    },
+    /// GET /readyz (exit 0 on 200, 1 otherwise): a health check for
+    /// images without curl.
+    Probe(probe::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -116,15 +131,29 @@ pub fn install_signals(token: CancellationToken) {
 /// Parse the arguments and run the subcommand.
 pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref());
+    // Loaded by the commands that need it: `probe` and `completions` must
+    // work whatever the configuration.
+    let settings = || Settings::load(cli.config.as_deref());
     match cli.command {
-        Command::Run => run::run(settings?).await,
+        Command::Probe(args) => probe::run(args).await,
+        Command::Completions { shell } => {
+            // Into memory first: clap_complete panics on a failed write
+            // (a closed pipe), this way it is an error instead.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "send-worker", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
+            Ok(())
+        }
+        Command::Config { cmd } => config::run(settings(), cmd, &mut std::io::stdout().lock()),
+        Command::Run => run::run(settings()?).await,
         #[cfg(feature = "sim")]
-        Command::Simulate(args) => simulate::run(args, settings.ok()).await,
+        Command::Simulate(args) => simulate::run(args, settings().ok()).await,
         #[cfg(feature = "sim")]
-        Command::Demo { jobs, timeout_secs } => demo::command(settings?, jobs, timeout_secs).await,
+        Command::Demo { jobs, timeout_secs } => {
+            demo::command(settings()?, jobs, timeout_secs).await
+        }
         Command::Dlq { cmd } => {
-            let settings = settings?;
+            let settings = settings()?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             dlq::run(&settings, cmd, &mut out).await?;
             Ok(())

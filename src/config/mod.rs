@@ -1,8 +1,13 @@
 //! Layered configuration: the built-in `config/default.toml`, then an optional
 //! file (`--config FILE`), then `SEND_WORKER__<SECTION>__<KEY>` environment
 //! variables. `TELNYX_API_KEY` is accepted for the API key, as the SDKs do.
-//! The checks on the values are in [`validate`](Settings::validate).
+//! `[pacing.numbers]` keys hold a `+`, which no variable name can, so
+//! `SEND_WORKER__PACING__NUMBERS="+18005550100=5,+15551234567=1"` sets the
+//! whole table ([`env`]). The checks on the values are in
+//! [`validate`](Settings::validate). An error names the key, and the
+//! environment variable when one set it.
 
+pub mod env;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -20,16 +25,30 @@ pub const ENV_PREFIX: &str = "SEND_WORKER";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration could not be loaded: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("configuration key `{key}` is invalid: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    /// A source could not be read or combined: a bad file, a value of the
+    /// wrong type, an unknown key. The text is the config crate's own (it is
+    /// not kept as a `source`, so it is printed once), plus the variables
+    /// that caused it.
+    #[error("configuration could not be loaded: {message}{}", env::set_by(.sources))]
+    Load {
+        message: String,
+        /// The variables (or the `--config` file) that cause it.
+        sources: Vec<String>,
+    },
+    #[error("configuration key `{key}` is invalid: {reason}{}", env::set_by(.sources))]
+    Invalid {
+        key: &'static str,
+        reason: String,
+        /// The environment variable that set the key, if one did.
+        sources: Vec<String>,
+    },
 }
 
 pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
+        sources: Vec::new(),
     }
 }
 
@@ -230,38 +249,35 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let env: std::collections::HashMap<String, String> = env.into_iter().collect();
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_TOML,
-            config::FileFormat::Toml,
-        ));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(invalid(
-                    "--config",
-                    format!("file {} does not exist", path.display()),
-                ));
-            }
-            builder = builder.add_source(config::File::from(path).required(true));
+        if let Some(path) = file
+            && !path.exists()
+        {
+            return Err(invalid(
+                "--config",
+                format!("file {} does not exist", path.display()),
+            ));
         }
-        let ours: std::collections::HashMap<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(ours)),
-        );
-        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        let ours = env::ours(&env);
+        let mut settings = match build(file, &ours) {
+            Ok(s) => s,
+            Err(e) => return Err(env::explain(e, file, &ours)),
+        };
+        if let Some(value) = env.get(env::PACING_NUMBERS) {
+            settings.pacing.numbers =
+                env::parse_numbers(value).map_err(|reason| ConfigError::Invalid {
+                    key: "pacing.numbers",
+                    reason,
+                    sources: vec![env::PACING_NUMBERS.to_owned()],
+                })?;
+        }
         if settings.telnyx.api_key.is_empty()
             && let Some(key) = env.get("TELNYX_API_KEY")
         {
             settings.telnyx.api_key = Secret::new(key.trim());
         }
-        settings.validate()?;
+        settings
+            .validate()
+            .map_err(|e| env::name_variable(e, &env))?;
         Ok(settings)
     }
 
@@ -298,6 +314,30 @@ impl Settings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.worker.shutdown_grace_secs)
     }
+}
+
+/// Defaults, then `file`, then the `SEND_WORKER__*` variables in `vars`.
+fn build(
+    file: Option<&Path>,
+    vars: &std::collections::HashMap<String, String>,
+) -> Result<Settings, config::ConfigError> {
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        DEFAULT_TOML,
+        config::FileFormat::Toml,
+    ));
+    if let Some(path) = file {
+        builder = builder.add_source(config::File::from(path).required(true));
+    }
+    builder
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(vars.clone())),
+        )
+        .build()?
+        .try_deserialize()
 }
 
 #[cfg(test)]
@@ -464,5 +504,96 @@ mod tests {
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("KEY-SUPER-SECRET"));
         assert!(!dbg.contains("hunter2"));
+    }
+
+    #[test]
+    fn pacing_numbers_come_from_one_variable_which_replaces_the_files_table() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[(
+                "SEND_WORKER__PACING__NUMBERS",
+                "+18005550100=5,+15551234567=1",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(s.pacing.numbers.len(), 2);
+        assert_eq!(s.pacing.numbers["+18005550100"], 5.0);
+        assert_eq!(s.pacing.numbers["+15551234567"], 1.0);
+
+        let dir = std::env::temp_dir().join(format!("sw-numbers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[pacing.numbers]\n\"+18005550100\" = 2.5\n").unwrap();
+        let s = Settings::load_with_env(
+            Some(&path),
+            env(&[("SEND_WORKER__PACING__NUMBERS", "+15551234567=1")]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.pacing.numbers.keys().collect::<Vec<_>>(),
+            ["+15551234567"],
+            "the variable sets the whole table"
+        );
+        let s = Settings::load_with_env(Some(&path), env(&[])).unwrap();
+        assert_eq!(s.pacing.numbers["+18005550100"], 2.5);
+
+        for bad in ["+18005550100", "+18005550100=-1"] {
+            let err = Settings::load_with_env(None, env(&[("SEND_WORKER__PACING__NUMBERS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("pacing.numbers"), "{bad}: {err}");
+            assert!(err.contains("SEND_WORKER__PACING__NUMBERS"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_variable_that_set_the_key_and_say_it_once() {
+        let err = Settings::load_with_env(
+            None,
+            env(&[
+                ("SEND_WORKER__AMQP__PREFECT", "1"),
+                ("SEND_WORKER__AMQP__PREFETCH", "9"),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("prefect"), "{text}");
+        assert!(
+            text.ends_with("(set by SEND_WORKER__AMQP__PREFECT)"),
+            "only the culprit is named: {text}"
+        );
+        assert!(
+            std::error::Error::source(&err).is_none(),
+            "no source: anyhow would print the message a second time"
+        );
+        let err = Settings::load_with_env(None, env(&[("SEND_WORKER__AMQP__PREFETCH", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(set by SEND_WORKER__AMQP__PREFETCH)"),
+            "{err}"
+        );
+        let err = Settings::load_with_env(None, env(&[("SEND_WORKER__AMQP__URL", "http://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("amqp.url") && err.contains("(set by SEND_WORKER__AMQP__URL)"),
+            "{err}"
+        );
+
+        // A typo in the file names the file, and no variable.
+        let dir = std::env::temp_dir().join(format!("sw-typo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[amqp]\nprefect = 1\n").unwrap();
+        let err =
+            Settings::load_with_env(Some(&path), env(&[("SEND_WORKER__AMQP__PREFETCH", "9")]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("prefect"), "{err}");
+        assert!(
+            err.contains("--config") && !err.contains("SEND_WORKER__"),
+            "{err}"
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! Prometheus metrics. Labels are bounded: results, reasons, HTTP statuses,
 //! Telnyx error codes (5-digit numbers only), sender classes, attempt numbers,
-//! currencies. Never a phone number or a job id.
+//! currencies, limiter stages, store operations. Never a phone number or a
+//! job id. The standard `process_*` families (memory, CPU, file descriptors)
+//! come from the prometheus crate's process collector, on Linux.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -30,11 +32,21 @@ pub struct Metrics {
     pub consuming: IntGauge,
     pub events: IntCounterVec,
     pub panics: IntCounter,
+    /// `stage`: `pacing` (message throughput) or `api` (the request bucket).
+    pub limiter_wait: HistogramVec,
+    /// Accepted sends by `sender_class` and `kind` (`sms`, `mms`).
+    pub sends: IntCounterVec,
     pub dedupe_lease_contended: IntCounter,
+    /// `action`: `send` or `dead_letter`.
     pub dedupe_unknown: IntCounterVec,
+    /// `op`: `begin`, `record`, `release`, `lookup`.
     pub dedupe_store_errors: IntCounterVec,
     pub dedupe_store_seconds: Histogram,
+    /// 1 while the job store answers (or none is configured), 0 while not;
+    /// follows `WorkerState::set_store_unavailable`.
     pub dedupe_store_available: IntGauge,
+    pub limiter_shared: IntGauge,
+    pub limiter_fallback: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,21 +95,43 @@ const KNOWN_OUTCOMES: [(&str, &str); 17] = [
     (result::DEFERRED, "leased"),
 ];
 
+/// `sender_class` label values (`job::SenderClass::as_str`).
+pub const SENDER_CLASSES: [&str; 5] = [
+    "long_code",
+    "toll_free",
+    "short_code",
+    "alphanumeric",
+    "profile",
+];
+/// `stage` label values of `send_worker_limiter_wait_seconds`.
+pub const LIMITER_STAGES: [&str; 2] = ["pacing", "api"];
+/// `op` label values of `send_worker_dedupe_store_errors_total`.
+pub const STORE_OPS: [&str; 4] = ["begin", "record", "release", "lookup"];
+/// `action` label values of `send_worker_dedupe_unknown_total`.
+pub const UNKNOWN_ACTIONS: [&str; 2] = ["send", "dead_letter"];
+
 impl Metrics {
     pub fn new() -> Self {
         let m = Self::uninitialized();
         for (r, reason) in KNOWN_OUTCOMES {
             m.outcomes.with_label_values(&[r, reason]);
         }
-        for class in [
-            "long_code",
-            "toll_free",
-            "short_code",
-            "alphanumeric",
-            "profile",
-        ] {
+        for class in SENDER_CLASSES {
             m.pacing_deferrals.with_label_values(&[class]);
+            for kind in ["sms", "mms"] {
+                m.sends.with_label_values(&[class, kind]);
+            }
         }
+        for stage in LIMITER_STAGES {
+            m.limiter_wait.with_label_values(&[stage]);
+        }
+        for op in STORE_OPS {
+            m.dedupe_store_errors.with_label_values(&[op]);
+        }
+        for action in UNKNOWN_ACTIONS {
+            m.dedupe_unknown.with_label_values(&[action]);
+        }
+        m.dedupe_store_available.set(1);
         for attempt in 1..=4 {
             m.retries.with_label_values(&[&attempt.to_string()]);
         }
@@ -147,6 +181,20 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
         let _ = r.register(Box::new(build));
+        #[cfg(target_os = "linux")]
+        let _ = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(format!("{p}{name}"), help).buckets(buckets))
+                .expect("valid metric")
+        };
+        let wait_buckets = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
+        let store_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
 
         Self {
             jobs_consumed: reg(
@@ -282,18 +330,38 @@ impl Metrics {
                     "Jobs whose handling panicked (a bug); each was settled, never left unacked.",
                 ),
             ),
+            limiter_wait: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        format!("{p}limiter_wait_seconds"),
+                        "Time a job waited for the limiter, by stage (pacing: message throughput; api: the request bucket).",
+                    )
+                    .buckets(wait_buckets),
+                    &["stage"],
+                )
+                .expect("valid metric"),
+            ),
+            sends: reg(
+                &r,
+                counter_vec(
+                    "sends_total",
+                    "Sends the API accepted, by sender class and kind (sms, mms).",
+                    &["sender_class", "kind"],
+                ),
+            ),
             dedupe_lease_contended: reg(
                 &r,
                 counter(
                     "dedupe_lease_contended_total",
-                    "Jobs put back because another worker held a live lease on them.",
+                    "Jobs whose dedupe lease another worker held.",
                 ),
             ),
             dedupe_unknown: reg(
                 &r,
                 counter_vec(
                     "dedupe_unknown_total",
-                    "Jobs whose outcome was unknown (a lease ran out, or a request timed out), by what was done: send again or dead_letter.",
+                    "Jobs whose earlier send has an unknown outcome, by what was done (send, dead_letter).",
                     &["action"],
                 ),
             ),
@@ -301,28 +369,37 @@ impl Metrics {
                 &r,
                 counter_vec(
                     "dedupe_store_errors_total",
-                    "Job store operations that failed, by operation.",
+                    "Failed job store calls, by operation (begin, record, release, lookup).",
                     &["op"],
                 ),
             ),
             dedupe_store_seconds: reg(
                 &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        format!("{p}dedupe_store_seconds"),
-                        "Job store operation latency.",
-                    )
-                    .buckets(vec![
-                        0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-                    ]),
-                )
-                .expect("valid metric"),
+                histogram(
+                    "dedupe_store_seconds",
+                    "Latency of each job store call, successful or not.",
+                    store_buckets,
+                ),
             ),
             dedupe_store_available: reg(
                 &r,
                 igauge(
                     "dedupe_store_available",
-                    "1 while the job store answers (0: sending pauses unless dedupe.fail_open).",
+                    "1 while the job store answers (or none is configured), 0 while it does not.",
+                ),
+            ),
+            limiter_shared: reg(
+                &r,
+                igauge(
+                    "limiter_shared",
+                    "1 while the fleet-shared (Redis) limiter is in use; 0 on the local limiter or its fallback.",
+                ),
+            ),
+            limiter_fallback: reg(
+                &r,
+                counter(
+                    "limiter_fallback_total",
+                    "Times the shared limiter fell back to the local one.",
                 ),
             ),
             registry: r,
@@ -345,6 +422,17 @@ impl Metrics {
         if let Some(s) = seconds {
             self.api_duration.observe(s);
         }
+    }
+
+    /// One send the API accepted. `sender_class` is a `SenderClass::as_str`.
+    pub fn sent(&self, sender_class: &str, mms: bool) {
+        let class = if SENDER_CLASSES.contains(&sender_class) {
+            sender_class
+        } else {
+            "other"
+        };
+        let kind = if mms { "mms" } else { "sms" };
+        self.sends.with_label_values(&[class, kind]).inc();
     }
 
     /// Currencies are three ASCII letters; anything else is "other".
@@ -412,6 +500,15 @@ mod tests {
             "send_worker_cost_total",
             "send_worker_broker_connected",
             "send_worker_consuming",
+            "send_worker_limiter_wait_seconds",
+            "send_worker_sends_total",
+            "send_worker_dedupe_lease_contended_total",
+            "send_worker_dedupe_unknown_total",
+            "send_worker_dedupe_store_errors_total",
+            "send_worker_dedupe_store_seconds",
+            "send_worker_dedupe_store_available",
+            "send_worker_limiter_shared",
+            "send_worker_limiter_fallback_total",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),
@@ -421,5 +518,47 @@ mod tests {
         assert!(text.contains(r#"status="transport""#));
         assert!(text.contains(r#"currency="USD""#));
         assert!(!text.contains("+1555"), "no phone numbers in labels");
+    }
+
+    #[test]
+    fn new_families_start_at_zero_for_every_known_label() {
+        let m = Metrics::new();
+        let text = m.render();
+        for line in [
+            r#"send_worker_sends_total{kind="mms",sender_class="toll_free"} 0"#,
+            r#"send_worker_sends_total{kind="sms",sender_class="profile"} 0"#,
+            r#"send_worker_limiter_wait_seconds_count{stage="pacing"} 0"#,
+            r#"send_worker_limiter_wait_seconds_count{stage="api"} 0"#,
+            r#"send_worker_dedupe_store_errors_total{op="lookup"} 0"#,
+            r#"send_worker_dedupe_unknown_total{action="dead_letter"} 0"#,
+            "send_worker_dedupe_store_available 1",
+            "send_worker_limiter_shared 0",
+            "send_worker_limiter_fallback_total 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?}");
+        }
+        m.sent("long_code", false);
+        m.sent("+15551234567", true);
+        let text = m.render();
+        assert!(text.contains(r#"send_worker_sends_total{kind="sms",sender_class="long_code"} 1"#));
+        assert!(text.contains(r#"send_worker_sends_total{kind="mms",sender_class="other"} 1"#));
+        assert!(!text.contains("+1555"), "no phone numbers in labels");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_exported() {
+        let text = Metrics::new().render();
+        for family in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_max_fds",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} missing"
+            );
+        }
     }
 }

@@ -284,6 +284,8 @@ impl Pipeline {
 
     fn record_sent(&self, job: &Job, accepted: &Accepted) {
         self.metrics.outcome(result::SENT, "ok");
+        let mms = matches!(job.kind, crate::job::MessageKind::Mms);
+        self.metrics.sent(job.sender.as_str(), mms);
         self.metrics
             .message_parts
             .inc_by(u64::from(accepted.parts.unwrap_or(job.parts)));

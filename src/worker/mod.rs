@@ -11,6 +11,7 @@ mod halt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -52,6 +53,20 @@ pub struct Worker {
 /// After the drain's grace period, abandoned requests get this long to
 /// unwind before their tasks are aborted.
 const ABORT_AFTER: Duration = Duration::from_secs(2);
+
+/// The reconnect schedule: the delay doubles from 0.5 s and each wait is
+/// drawn at random between that delay and twice it, so replicas that lost
+/// the same broker come back spread out instead of in lockstep. Every wait is
+/// below `max_secs` (`amqp.reconnect_max_secs`).
+fn reconnect_backoff(max_secs: u64) -> backon::ExponentialBuilder {
+    let max = Duration::from_secs(max_secs.max(1));
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500).min(max / 2))
+        .with_max_delay(max / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}
 
 enum SessionEnd {
     Shutdown,
@@ -125,8 +140,8 @@ impl Worker {
     }
 
     async fn supervise(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
-        let max = Duration::from_secs(self.settings.amqp.reconnect_max_secs.max(1));
-        let mut delay = Duration::from_secs(1);
+        let backoff = reconnect_backoff(self.settings.amqp.reconnect_max_secs);
+        let mut delays = backoff.build();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -134,7 +149,7 @@ impl Worker {
             match self.session(shutdown).await {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Ok(SessionEnd::Halted) => {
-                    delay = Duration::from_secs(1);
+                    delays = backoff.build();
                     if !self.wait_out_halt(shutdown).await {
                         return Ok(());
                     }
@@ -142,12 +157,14 @@ impl Worker {
                 Err(e) => {
                     self.state.set_connected(false);
                     self.state.set_consuming(false);
-                    error!(error = %e, retry_in_s = delay.as_secs(), "broker session failed");
+                    // The schedule never ends (no max_times); the 1 s is a fallback.
+                    let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                    let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                    error!(error = %e, retry_in_ms, "broker session failed");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(max);
                 }
             }
         }
@@ -310,5 +327,32 @@ async fn run_job(pipeline: &Pipeline, delivery: lapin::message::Delivery, signal
         pipeline
             .settle_panic(&delivery, &why, signals, &progress)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reconnect_backoff;
+    use backon::BackoffBuilder;
+    use std::time::Duration;
+
+    #[test]
+    fn reconnect_delays_grow_are_jittered_and_stay_under_the_cap() {
+        let schedule = |n| reconnect_backoff(30).build().take(n).collect::<Vec<_>>();
+        let a = schedule(40);
+        assert_eq!(a.len(), 40, "the schedule never ends");
+        for (i, d) in a.iter().enumerate() {
+            let nominal = (0.5 * 2f64.powi(i as i32)).min(15.0);
+            let s = d.as_secs_f64();
+            assert!(s >= nominal && s <= 2.0 * nominal, "delay {i}: {d:?}");
+            assert!(
+                *d <= Duration::from_secs(30),
+                "delay {i}: {d:?} over the cap"
+            );
+        }
+        // Replicas draw their own waits: 40 draws from two schedules are not
+        // all equal (each is uniform over an interval as wide as its base).
+        let b = schedule(40);
+        assert_ne!(a, b, "two schedules are in lockstep");
     }
 }
