@@ -113,7 +113,10 @@ async fn run_with_kills(
             break;
         }
         w.assert_running();
-        assert!(started.elapsed() < T, "not every job ended sent or dead-lettered");
+        assert!(
+            started.elapsed() < T,
+            "not every job ended sent or dead-lettered"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     if let Some(m) = w.metrics().await {
@@ -191,7 +194,11 @@ async fn five_kills_with_on_unknown_dead_letter_lose_nothing_and_send_nothing_tw
 async fn five_kills_with_the_default_send_duplicate_only_what_was_in_flight_and_count_it() {
     let prefix = format!("sw-dedupe-{}", uuid::Uuid::new_v4().simple());
     let env = TestEnv::new("dedupesend", sim(), |s| shared(s, &redis_url(), &prefix)).await;
-    assert_eq!(env.settings.dedupe.on_unknown, OnUnknown::Send, "the default");
+    assert_eq!(
+        env.settings.dedupe.on_unknown,
+        OnUnknown::Send,
+        "the default"
+    );
     const N: usize = 20_000;
     let (accepted, dead, unknown_counted) = run_with_kills(&env, "sd", N, 5).await;
     assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
@@ -411,7 +418,10 @@ async fn with_redis_stopped_the_worker_pauses_sends_nothing_and_resumes() {
     })
     .await;
     let m = w.metrics().await.expect("metrics");
-    assert_eq!(metric(&m, "send_worker_dedupe_store_available", &[]), Some(0.0));
+    assert_eq!(
+        metric(&m, "send_worker_dedupe_store_available", &[]),
+        Some(0.0)
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let paused_at = env.sim.stats().requests;
     tokio::time::sleep(Duration::from_secs(3)).await;

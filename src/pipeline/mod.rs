@@ -276,17 +276,19 @@ impl Pipeline {
         if job.is_expired(SystemTime::now()) {
             return neutral(expired_disposition(job));
         }
-        // The one place a send is decided: ask the job store first.
-        let owner = match self.lease(job, signals).await {
-            dedupe::Lease::Go { owner } => owner,
-            dedupe::Lease::Done(d) => return neutral(d),
-        };
         let permit = tokio::select! {
             _ = signals.cancel.cancelled() => return neutral(Disposition::Requeue { halt: None }),
             p = self.in_flight.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return neutral(Disposition::Requeue { halt: None }),
             },
+        };
+        // The one place a send is decided: ask the job store first. The
+        // lease is taken only once the request can go out at once, so a job
+        // whose outcome becomes unknown (a crash) was really about to be sent.
+        let owner = match self.lease(job, signals).await {
+            dedupe::Lease::Go { owner } => owner,
+            dedupe::Lease::Done(d) => return neutral(d),
         };
         self.metrics.in_flight.inc();
         let result = tokio::select! {
