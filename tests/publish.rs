@@ -4,21 +4,22 @@
 //! sends them. Invalid, unroutable and nacked jobs are reported with their
 //! line numbers; a missing exchange or broker is exit status 2.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use lapin::options::{
-    BasicGetOptions, BasicNackOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use send_worker::amqp::headers;
 use send_worker::cli::publish::ID_NAMESPACE;
 use send_worker::config::Settings;
-use send_worker::sim::SimConfig;
-use send_worker::testkit::{ConfigFile, TestEnv, accepted_by_text, bin, wait_for};
+use send_worker::testkit::{ConfigFile, accepted_by_text, bin, wait_for};
 use tokio::io::AsyncWriteExt;
+
+use common::{delete_queue, env, event_job_ids, sent_events_queue};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -91,65 +92,6 @@ fn expected_id(file: &str, line: u64) -> String {
 
 fn sms_line(to: &str, text: &str) -> String {
     serde_json::json!({"from": "+15551234567", "to": to, "text": text}).to_string()
-}
-
-/// A quick environment: pacing off, a high first rate, a 1 ms simulator.
-async fn env(name: &str) -> TestEnv {
-    TestEnv::new(
-        name,
-        SimConfig {
-            latency: Duration::from_millis(1),
-            ..SimConfig::default()
-        },
-        |s| {
-            s.limiter.initial_rate = 5_000.0;
-            s.pacing = Default::default();
-        },
-    )
-    .await
-}
-
-/// A queue bound to the sandbox's events exchange for `sent` events.
-async fn sent_events_queue(env: &TestEnv) -> String {
-    let name = format!("{}.test-sent-events", env.prefix);
-    env.ch
-        .queue_declare(
-            ShortString::from(name.as_str()),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare the events queue");
-    env.ch
-        .queue_bind(
-            ShortString::from(name.as_str()),
-            ShortString::from(env.settings.amqp.events_exchange.as_str()),
-            ShortString::from("sent"),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind the events queue");
-    name
-}
-
-async fn delete_queue(env: &TestEnv, name: &str) {
-    let _ = env
-        .ch
-        .queue_delete(ShortString::from(name), QueueDeleteOptions::default())
-        .await;
-}
-
-/// The `job_id` of every event in `queue` (taking them).
-async fn event_job_ids(env: &TestEnv, queue: &str) -> Vec<String> {
-    env.drain_queue(queue)
-        .await
-        .into_iter()
-        .map(|(_, body)| {
-            let v: serde_json::Value = serde_json::from_slice(&body).expect("an event is JSON");
-            v["job_id"].as_str().expect("job_id").to_owned()
-        })
-        .collect()
 }
 
 fn message_ids(msgs: &[(lapin::BasicProperties, Vec<u8>)]) -> Vec<String> {
