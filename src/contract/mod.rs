@@ -4,8 +4,12 @@
 //! what these types generate (`UPDATE_SCHEMA=1` rewrites them), and holds the
 //! schemas to the code that really reads and writes the messages.
 
+mod events;
+mod headers;
 mod job;
 
+pub use events::{EventKind, ResultEvent};
+pub use headers::{DeadLetterHeaders, JobHeaders, MAX_DETAIL_CHARS};
 pub use job::{
     ALPHANUMERIC_PATTERN, E164_PATTERN, HAS_LETTER_PATTERN, HTTPS_URL_PATTERN, MAX_TEXT_CHARS,
     MessageType, SHORT_CODE_PATTERN, SendRequest,
@@ -14,16 +18,37 @@ pub use job::{
 use schemars::generate::SchemaSettings;
 
 /// Every schema file in `schema/`: its file name and its text (pretty JSON
-/// with a trailing newline).
+/// with a trailing newline). What producers send is described as the worker
+/// reads it, what the worker publishes as it writes it.
 pub fn schemas() -> Vec<(&'static str, String)> {
-    let deserialize = SchemaSettings::draft2020_12().for_deserialize();
-    let files = [(
-        "job-body.json",
-        deserialize
-            .clone()
+    let read = || {
+        SchemaSettings::draft2020_12()
+            .for_deserialize()
             .into_generator()
-            .into_root_schema_for::<SendRequest>(),
-    )];
+    };
+    let written = || {
+        SchemaSettings::draft2020_12()
+            .for_serialize()
+            .into_generator()
+    };
+    let files = [
+        (
+            "job-body.json",
+            read().into_root_schema_for::<SendRequest>(),
+        ),
+        (
+            "job-headers.json",
+            read().into_root_schema_for::<JobHeaders>(),
+        ),
+        (
+            "result-event.json",
+            written().into_root_schema_for::<ResultEvent<'static>>(),
+        ),
+        (
+            "dead-letter-headers.json",
+            written().into_root_schema_for::<DeadLetterHeaders>(),
+        ),
+    ];
     files
         .into_iter()
         .map(|(name, schema)| {

@@ -10,7 +10,7 @@ use lapin::types::ShortString;
 use uuid::Uuid;
 
 use super::input::Raw;
-use crate::amqp::headers;
+use crate::contract::JobHeaders;
 use crate::job::{Job, RejectionKind};
 
 /// The namespace of derived job ids: `uuid5(ID_NAMESPACE, "<name>:<line>")`.
@@ -100,11 +100,10 @@ impl Stamp {
             let at = now
                 .checked_add(ttl)
                 .ok_or_else(|| "--expires-in is too far in the future".to_owned())?;
-            props = headers::with_header(
-                props,
-                headers::EXPIRES_AT,
-                headers::string(humantime::format_rfc3339_seconds(at).to_string()),
-            );
+            props = JobHeaders {
+                expires_at: Some(humantime::format_rfc3339_seconds(at).to_string()),
+            }
+            .apply(props);
         }
         Ok(props)
     }
