@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 filter="test(python_) | test(node_)"
+names=(python_ node_)
 
 # Python with pika.
 PY=.venv/bin/python
@@ -65,7 +66,12 @@ else
     echo "the Go example builds and passes go vet ($(go version))"
     export EXAMPLES_GO_BIN="$PWD/target/examples/go-producer"
     filter="$filter | test(go_)"
+    names+=(go_)
   fi
 fi
 
-cargo nextest run --test examples --run-ignored ignored-only --no-fail-fast -E "$filter"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --test examples --run-ignored only --no-fail-fast -E "$filter"
+else
+  cargo test --test examples -- --ignored "${names[@]}"
+fi
