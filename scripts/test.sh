@@ -86,3 +86,6 @@ if [ -f tests/acceptance/pika_acceptance.py ]; then
   fi
   "$PY" tests/acceptance/pika_acceptance.py --bin target/debug/send-worker
 fi
+
+# Issue #13: the producer examples (Python, Node; Go where it builds), end to end.
+scripts/examples.sh

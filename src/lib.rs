@@ -17,6 +17,7 @@ pub mod worker;
 // Around it.
 pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod ops;
 pub mod redis;
 pub mod secret;

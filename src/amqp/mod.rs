@@ -9,7 +9,7 @@ pub mod headers;
 pub mod outbox;
 
 pub use outbox::Outbox;
-pub use publisher::{DEFAULT_PUBLISH_TIMEOUT, PublishError, Publisher};
+pub use publisher::{DEFAULT_PUBLISH_TIMEOUT, PublishError, Publisher, confirmed};
 pub use topology::Topology;
 
 use std::time::Duration;

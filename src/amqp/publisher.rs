@@ -81,19 +81,29 @@ impl Publisher {
         let confirm = tokio::time::timeout(self.timeout, publish)
             .await
             .map_err(|_| PublishError::Timeout(self.timeout))??;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(PublishError::Returned(format!(
-                    "{} {} (exchange {exchange:?}, routing key {routing_key:?})",
-                    returned.reply_code,
-                    returned.reply_text.as_str()
-                )))
-            }
-            Confirmation::Nack(None) => Err(PublishError::Nacked),
-            // confirm_select was called in new(); this cannot be reached, but
-            // an unconfirmed publish must never count as safe.
-            Confirmation::NotRequested => Err(PublishError::Nacked),
+        confirmed(confirm, exchange, routing_key)
+    }
+}
+
+/// What a publisher confirm means: routed and stored, returned (unroutable,
+/// with `mandatory`), or refused.
+pub fn confirmed(
+    confirm: Confirmation,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), PublishError> {
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+            Err(PublishError::Returned(format!(
+                "{} {} (exchange {exchange:?}, routing key {routing_key:?})",
+                returned.reply_code,
+                returned.reply_text.as_str()
+            )))
         }
+        Confirmation::Nack(None) => Err(PublishError::Nacked),
+        // Publisher::new calls confirm_select, so this cannot be reached; but
+        // an unconfirmed publish must never count as safe.
+        Confirmation::NotRequested => Err(PublishError::Nacked),
     }
 }

@@ -7,6 +7,7 @@ mod config;
 pub mod demo;
 pub mod dlq;
 mod probe;
+pub mod publish;
 mod run;
 #[cfg(feature = "sim")]
 mod simulate;
@@ -52,6 +53,9 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         timeout_secs: u64,
     },
+    /// Publish send jobs from a JSONL or CSV file, stdin, or flags: validated,
+    /// confirmed, mandatory, persistent.
+    Publish(publish::Args),
     /// Inspect, replay and purge the dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -152,6 +156,7 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Demo { jobs, timeout_secs } => {
             demo::command(settings()?, jobs, timeout_secs).await
         }
+        Command::Publish(args) => std::process::exit(publish::command(settings(), args).await),
         Command::Dlq { cmd } => {
             let settings = settings()?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -9,8 +9,13 @@ use crate::job::{Job, Rejection, RejectionKind};
 use crate::retry::Backoff;
 use crate::telnyx::{Accepted, Failure, Outcome};
 
-/// Why a job was dead-lettered (`x-error-reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a job was dead-lettered: its DLQ entry's `x-error-reason` and its
+/// `dead_lettered` event's `reason`.
+// Serialized (schema/) by the same names as `as_str`; tests/contract.rs checks.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum DeadReason {
     Validation,
     Malformed,

@@ -12,7 +12,6 @@ use std::time::SystemTime;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use serde::Serialize;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -21,27 +20,11 @@ use super::ledger::Entry;
 use super::{JobSignals, Pipeline, Progress, Settled};
 use crate::amqp::headers;
 use crate::amqp::outbox::Event;
+use crate::contract::{DeadLetterHeaders, EventKind, ResultEvent};
 use crate::job::Job;
 use crate::ops::metrics::result;
 use crate::retry::tier_for;
 use crate::telnyx::{Accepted, Failure};
-
-/// A result event on the events exchange.
-#[derive(Debug, Serialize)]
-struct ResultEvent<'a> {
-    event: &'a str,
-    job_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message_id: Option<&'a str>,
-    attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parts: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<&'a str>,
-    at: String,
-}
 
 impl Pipeline {
     /// Carry out a disposition: publish what replaces the delivery, wait for
@@ -71,7 +54,7 @@ impl Pipeline {
                     return Settled::Failed;
                 }
                 self.event(ResultEvent {
-                    event: "sent",
+                    event: EventKind::Sent,
                     job_id,
                     message_id: accepted.message_id.as_deref(),
                     attempts: job.map_or(1, |j| j.attempt),
@@ -90,7 +73,7 @@ impl Pipeline {
                 }
                 self.metrics.outcome(result::SUPPRESSED, "duplicate");
                 self.event(ResultEvent {
-                    event: "sent",
+                    event: EventKind::Sent,
                     job_id,
                     message_id: accepted.message_id.as_deref(),
                     attempts: job.map_or(1, |j| j.attempt.saturating_sub(1).max(1)),
@@ -213,12 +196,12 @@ impl Pipeline {
                     warn!(error = %e, "the job store did not record the dead letter (status only)");
                 }
                 self.event(ResultEvent {
-                    event: "dead_lettered",
+                    event: EventKind::DeadLettered,
                     job_id,
                     message_id: None,
                     attempts,
                     parts: None,
-                    reason: Some(reason.as_str()),
+                    reason: Some(reason),
                     code: failure.code.as_deref(),
                     at: now_rfc3339(),
                 });
@@ -358,7 +341,7 @@ impl Pipeline {
             .with_delivery_mode(2)
             .with_message_id(event.job_id.into());
         self.outbox.send(Event {
-            routing_key: event.event.to_owned(),
+            routing_key: event.event.routing_key().to_owned(),
             body,
             properties,
         });
@@ -402,23 +385,7 @@ pub fn dead_letter_props(
     failure: &Failure,
     attempts: u32,
 ) -> BasicProperties {
-    let mut p = copy_props(original);
-    p = headers::with_header(p, headers::ERROR_REASON, headers::string(reason.as_str()));
-    p = headers::with_header(
-        p,
-        headers::ERROR_CODE,
-        headers::string(failure.code.as_deref().unwrap_or("")),
-    );
-    p = headers::with_header(p, headers::ERROR_TITLE, headers::string(&failure.title));
-    let detail: String = failure.detail.chars().take(1000).collect();
-    p = headers::with_header(p, headers::ERROR_DETAIL, headers::string(detail));
-    p = headers::with_header(
-        p,
-        headers::HTTP_STATUS,
-        headers::int(u64::from(failure.status.unwrap_or(0))),
-    );
-    p = headers::with_header(p, headers::ATTEMPTS, headers::int(u64::from(attempts)));
-    headers::with_header(p, headers::FAILED_AT, headers::string(now_rfc3339()))
+    DeadLetterHeaders::new(reason, failure, attempts, SystemTime::now()).apply(copy_props(original))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ mod sandbox;
 
 pub use env::TestEnv;
 pub use env::test_settings;
-pub use process::{WorkerProcess, bin, free_port};
+pub use process::{ConfigFile, WorkerProcess, bin, free_port};
 pub use sandbox::{RunningWorker, Sandbox};
 
 use std::future::Future;

@@ -31,10 +31,11 @@ pub fn bin() -> PathBuf {
 
 /// A configuration file in the temp directory, removed on drop. It holds
 /// secrets in clear (the child needs them), so it is readable by its owner only.
-struct ConfigFile(PathBuf);
+pub struct ConfigFile(PathBuf);
 
 impl ConfigFile {
-    fn write(settings: &Settings) -> ConfigFile {
+    /// `settings` as a TOML file, for a child's `--config`.
+    pub fn write(settings: &Settings) -> ConfigFile {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
 
@@ -52,6 +53,12 @@ impl ConfigFile {
         f.write_all(text.as_bytes())
             .expect("write the child's config file");
         ConfigFile(path)
+    }
+}
+
+impl ConfigFile {
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
     }
 }
 
