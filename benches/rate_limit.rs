@@ -171,8 +171,12 @@ async fn steady() -> anyhow::Result<()> {
     let end = t0 + RUN;
     let e = w.worker.limiter.estimates();
     println!(
-        "limiter at the end: {:.1}/s; learned limit {:?} per {:?}, share {:.3}; {} rate changes",
-        e.rate, e.limit, e.window, e.share, e.swaps
+        "limiter at the end: {:.1}/s; learned limit {:?} per {:?}, model {}; {} rate changes",
+        e.rate,
+        e.limit,
+        e.window,
+        e.model.as_str(),
+        e.swaps
     );
     w.stop().await;
     let reqs = env.sim.requests();
@@ -353,7 +357,7 @@ async fn replicas() -> anyhow::Result<()> {
     let mut stopped = Vec::new();
     for (w, e) in ws.into_iter().zip(views) {
         let worker = w.stop().await;
-        stopped.push((worker, e.rate, e.share));
+        stopped.push((worker, e.rate, e.model.as_str()));
     }
     let reqs = env.sim.requests();
     let windows = env.sim.windows();
@@ -378,7 +382,7 @@ async fn replicas() -> anyhow::Result<()> {
     );
     for (i, (w, rate, share)) in stopped.iter().enumerate() {
         println!(
-            "  replica {i}: sent {}, rate at the end {rate:.1}/s, estimated share {share:.3}",
+            "  replica {i}: sent {}, rate at the end {rate:.1}/s, model {share}",
             sent(&w.metrics)
         );
     }

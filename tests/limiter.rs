@@ -241,6 +241,7 @@ async fn the_rate_follows_the_api_headers() {
     })
     .await;
     let e = w.worker.limiter.estimates();
+    eprintln!("estimates at the end: {e:?}");
     w.stop().await;
     once_each(&env.sim.requests(), "r", 200);
     assert_eq!(env.dlq_depth().await, 0, "429s cost no attempts");
@@ -248,6 +249,15 @@ async fn the_rate_follows_the_api_headers() {
     // The first window may be overrun (the limit is not known yet); after
     // the limit is learned the windows stay within it.
     let windows = env.sim.windows();
+    if std::env::var("LIMITER_TRACE").is_ok() {
+        let reqs = env.sim.requests();
+        let line: Vec<String> = reqs
+            .iter()
+            .filter(|r| r.at_ms < 7000)
+            .map(|r| format!("{}{}", r.at_ms, if r.status == 429 { "!" } else { "" }))
+            .collect();
+        eprintln!("{}", line.join(" "));
+    }
     assert!(windows.len() >= 5, "{windows:?}");
     let later: u64 = windows[2..].iter().map(|w| w.rejected).sum();
     assert!(later <= 2, "429s after the first windows: {windows:?}");

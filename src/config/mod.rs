@@ -145,10 +145,40 @@ pub struct LimiterSettings {
     /// The longest a `retry-after` may pause sending (or delay a 429'd job)
     /// before the worker tries again.
     pub max_pause_secs: u64,
+    /// Where the budgets live: this process, or Redis (shared by a fleet).
+    pub backend: LimiterBackend,
+    /// Without rate-limit headers, raise the rate while no 429 comes.
+    pub slow_start: bool,
 }
 
 fn default_headroom() -> f64 {
     0.015
+}
+
+/// `limiter.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimiterBackend {
+    /// In-process budgets: one replica (and the demo).
+    Local,
+    /// Budgets shared through Redis by every replica (`redis.url`).
+    Redis,
+}
+
+impl Default for LimiterSettings {
+    /// The shipped defaults (`config/default.toml`).
+    fn default() -> Self {
+        Self {
+            initial_rate: 50.0,
+            min_rate: 1.0,
+            max_rate: 5000.0,
+            burst: 10,
+            headroom: default_headroom(),
+            max_pause_secs: 60,
+            backend: LimiterBackend::Local,
+            slow_start: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

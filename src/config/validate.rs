@@ -152,6 +152,12 @@ impl Settings {
                 "redis.connect_timeout_ms and redis.command_timeout_ms must be positive",
             ));
         }
+        if self.limiter.backend == super::LimiterBackend::Redis && r.url.is_empty() {
+            return Err(invalid(
+                "limiter.backend",
+                "\"redis\" needs redis.url (SEND_WORKER__REDIS__URL); or use \"local\"",
+            ));
+        }
         let d = &self.dedupe;
         if d.backend == super::DedupeBackend::Redis && r.url.is_empty() {
             return Err(invalid(

@@ -50,21 +50,12 @@ impl RateLimitHeaders {
             coarse,
         })
     }
-
-    /// The earliest the reset can be: `reset_in` minus the rounding.
-    pub(crate) fn reset_lower(&self) -> f64 {
-        if self.coarse {
-            (self.reset_in - 1.0).max(0.0)
-        } else {
-            self.reset_in
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::model::headers;
+    use crate::limiter::tests::headers;
     use std::time::Duration;
 
     #[test]

@@ -1,105 +1,89 @@
-//! How fast the worker may send: one API token bucket tuned from the
-//! `x-ratelimit-*` headers, a process-wide 429 gate, and message pacing per
-//! account and per sender. [`RateControl`] is the one entry point.
+//! How fast the worker may send: the API request budget, learned from the
+//! `x-ratelimit-*` headers, and message pacing per account and per sender.
+//! [`RateControl`] is the one entry point: [`RateControl::admit`] before a
+//! request, [`RateControl::sent`] as it goes out, [`RateControl::observe`]
+//! with its answer.
 //!
 //! | file | what it owns |
 //! |---|---|
 //! | `headers.rs` | reading `x-ratelimit-*` |
-//! | `bucket.rs` | the governor bucket whose rate changes at runtime |
-//! | `tuner.rs` | headers → a rate for this process (pure, virtual time) |
-//! | `pacing.rs` | account and per-sender MPS, deferrals through the broker |
-//! | `model.rs` | test support: a rate-limited server in virtual time |
+//! | `tuner/` | answers → a rate and pauses (pure, virtual time) |
+//! | `bucket.rs` | the local API token bucket (governor), swapped on a retune |
+//! | `pacing.rs` | MPS lanes: queueing, committing, deferrals |
+//! | `slots.rs` | where lanes keep their slots: here, or in Redis |
+//! | `shared.rs` | the fleet's budgets in Redis, and the local fallback |
+//! | `vsim.rs` | test support: the tuner against the simulator's models |
 //!
-//! ## The API bucket
-//! One governor direct limiter ([`ApiBucket`]) shared by every consumer task.
-//! Governor quotas are immutable, so the limiter lives in an `ArcSwap`: a
-//! retune builds a new limiter at the new rate with the same small burst
-//! (`limiter.burst`), takes all but one token of that burst at once so the
-//! swap cannot release a burst of extra requests, and swaps it in. Tasks take tokens one at a time,
-//! in arrival order, behind an async mutex (no thundering herd of sleepers),
-//! and re-read the current limiter after every sleep (at most 20 ms), so a new
-//! rate takes effect at once. Swaps happen only when the target rises by more
-//! than 2 % or falls by more than 1 %.
+//! ## What the servers do
+//! Telnyx documents its headers but not how it counts. Servers count in
+//! fixed windows aligned to the clock, fixed windows opened by the first
+//! request, sliding logs, or token buckets (GCRA), and may or may not count
+//! refused requests (`rate-limit-server-models.md`). A limiter tuned to one
+//! model fails the others: waiting for "the reset" loses a clock-aligned
+//! window, a sliding window has no reset to wait for, and a bucket's headers
+//! (capacity, tokens left, time until full) say nothing of its refill rate.
 //!
-//! ## Tuning ([`Tuner`]), on every response that carries the headers
-//! 1. Read `limit` L, `remaining` and `reset`. `x-ratelimit-reset` is seconds
-//!    until the reset when it is below 10^9, a unix timestamp in seconds
-//!    above that and in milliseconds above 10^12. An integer value is taken as
-//!    rounded up, i.e. the reset lies in `(reset - 1 s, reset]`.
-//! 2. Follow the server's window: a jump of `remaining` (by more than 2 % of L)
-//!    or a silence longer than a window means a new window started; a late
-//!    answer from the old window (low `remaining` just after a jump) is
-//!    ignored. The time between two window starts seen within a few requests
-//!    of their start gives the window length W (median of the last 5, at most
-//!    the largest reset interval seen); before that, W is that largest reset
-//!    interval. With the start and W the reset time is known to a few
-//!    milliseconds even when the header is rounded to whole seconds.
-//! 3. Estimate this process's share s of the account's requests. In a window,
-//!    `own` counts this process's answers (429s excluded) and `used` =
-//!    L − lowest `remaining` seen (everyone's requests). At the end of a
-//!    window s = own / used. Within a window the running figure
-//!    (own + s·k) / (used + k), k = max(20, 5 % of L), replaces it once a
-//!    quarter of the window is used, or earlier when it differs by more than
-//!    5 % (a replica came or went). The window a process starts in (seen
-//!    only in part) does not set its share. One process alone measures
-//!    s = 1; N busy replicas each measure their part and the parts sum to 1,
-//!    because they all watch the same `remaining` fall. So together they
-//!    never aim at more than the account's limit, where `remaining /
-//!    reset_in` per process would overshoot N times. Shares follow recent
-//!    use; they are not forced to be equal (with no channel between replicas
-//!    nothing can know N), but a replica starting with share 1 takes its part
-//!    within its first whole window, and one that stops leaves its part to
-//!    the others within a window.
-//! 4. Steady rate = s · L / W · (1 − `limiter.headroom`): never more than the
-//!    limit per window, less a reserve.
-//! 5. Spend what is left evenly over the time left: with `in_flight` requests
-//!    of this process still unanswered (the `send_worker_requests_in_flight`
-//!    gauge the pipeline keeps; they will count against this window),
-//!    the budget is s · (remaining − headroom · L) − in_flight, spread over
-//!    the time in which a request sent now still lands in this window
-//!    (time left − in_flight / rate). Below the steady rate this brakes (a
-//!    replica spent more than its part, or the limit fell); above it, it
-//!    catches up a stall, by at most 1.2 times the steady rate.
-//!    The time left errs long (a window start is noticed a moment late), so a
-//!    catch-up is never too eager; the brake allows 1 % for that error. In
-//!    the last tenth of a window the steady rate applies. The result is
-//!    clamped to `[limiter.min_rate, limiter.max_rate]`.
-//! 6. `remaining` at 0: the gate closes until the estimated reset; the rate
-//!    is kept for the next window.
+//! ## What the tuner does ([`Tuner`])
+//! Every answer carries `remaining` as the server saw it when it decided
+//! the request — at the moment it was sent. The tuner numbers its sends and
+//! compares: in a fixed window `remaining` falls by one per request and jumps
+//! back at a window start; in a sliding log capacity comes back gradually and
+//! the `L − remaining` counted requests reach exactly one window back in the
+//! send log; in a bucket `remaining` stays at the top while the rate is below
+//! the refill rate. From that it settles on a model, and:
+//! 1. **Window** (fixed): rate `L / W`, where `W` is the median time between
+//!    window starts it has seen (before two, the largest reset interval).
+//!    The request budget is spent evenly, so neither a clock-aligned nor a
+//!    first-request window can be overrun at its edge. If what the last
+//!    answer left, less the requests sent since, is spent, the gate closes
+//!    until the window ends — computed from the window starts, not from a
+//!    `retry-after` rounded up to a whole second.
+//! 2. **Sliding**: rate `L / W`, `W` the window length the send log implies.
+//! 3. **Bucket**: probe upward (×1.3 steps, then ×1.1 once the refill rate
+//!    is known, every few answer delays) while the bucket stays full and
+//!    the rate is being used; while it drains, the refill rate is the slope
+//!    of `remaining + sends` over time. Then spend that rate, and probe
+//!    again every couple of seconds, so a raised limit is found.
+//! 4. All less `limiter.headroom`, within `[min_rate, max_rate]`.
 //!
-//! ## The 429 gate
-//! A 429 closes the gate for `retry-after` (or 1 s without one): every task
-//! waits at the gate before taking a token, so the whole process pauses.
-//! [`RateControl::pause_for`] only ever extends a pause. The bucket is
-//! swapped for one holding a single token when the gate reopens, so a process
-//! does not open the next window with a burst.
+//! A 429 whose answer still shows budget (`remaining ≥ 1`) is about its job
+//! alone: it pauses nothing. Otherwise the gate closes for what the model
+//! says (until the window ends; one token; one slot), at most the
+//! `retry-after`, and at most `limiter.max_pause_secs`. Without any
+//! rate-limit headers, `limiter.slow_start` raises the rate by half each
+//! second it is used without a 429, and halves it on one.
+//!
+//! ## Where the budgets live (`limiter.backend`)
+//! `local`: one governor token bucket at the tuned rate for the process
+//! ([`ApiBucket`], swapped for a new one on a retune, starting with a single
+//! token so a retune never releases a burst; tasks take tokens one at a
+//! time, in arrival order), and pacing lanes in memory. `redis`: the
+//! replicas share one API bucket and every lane through Redis
+//! ([`shared`]), so a fleet of any size sends at the budget together, with
+//! a local fallback to each replica's share when Redis is away.
 //!
 //! ## Pacing
-//! Account pacing (SMS and MMS), then per-sender pacing: a keyed governor
-//! limiter per sender class (toll-free, short code, alphanumeric, long code)
-//! keyed by the `from` number, and a direct limiter per number listed in
-//! `[pacing.numbers]` (an override of 0 makes that number unpaced). Each job
-//! waits in its own task, and jobs of one sender queue behind each other in
-//! order, so a throttled sender never blocks another sender's jobs. A sender
-//! may hold at most `max_wait_ms` worth of its rate in memory; a job beyond
-//! that is deferred through the broker (a retry tier, without charging an
-//! attempt). Deferred jobs of a sender are booked one pacing interval apart
-//! after the in-memory queue (at most [`MAX_DEFER`] ahead), so they come back
-//! at the pace they can be sent instead of all at once.
+//! Account pacing (SMS and MMS) and per-sender pacing (by class, or a
+//! `[pacing.numbers]` override) are lanes with a burst of one
+//! ([`pacing`]): never more than MPS + 1 in any second. A job queues for its
+//! lanes before it takes an API token and takes their slots after, just
+//! before the request goes out.
 
 mod bucket;
 mod headers;
-#[cfg(test)]
-mod model;
 mod pacing;
+mod shared;
+mod slots;
 mod tuner;
+#[cfg(all(test, feature = "sim"))]
+pub(crate) mod vsim;
 
 pub use bucket::ApiBucket;
 pub use headers::RateLimitHeaders;
 pub use pacing::MAX_DEFER;
-pub use tuner::{Tuner, Tuning};
+pub use tuner::{Model, Observation, Tuner, Tuning};
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::clock::DefaultClock;
@@ -107,17 +91,16 @@ use reqwest::header::HeaderMap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{LimiterSettings, PacingSettings};
+use crate::config::{LimiterBackend, LimiterSettings, PacingSettings};
 use crate::job::Job;
 use crate::ops::metrics::Metrics;
+use crate::ops::state::WorkerState;
 use pacing::Pacing;
+use shared::Shared;
+use slots::{LocalSlots, Slots};
 
 /// A task waiting for a token re-reads the bucket at least this often.
 const MAX_TOKEN_SLEEP: Duration = Duration::from_millis(20);
-/// The bucket is swapped only when the target rises by more than this
-/// fraction, or falls by more than [`SWAP_THRESHOLD_DOWN`]: erring low.
-const SWAP_THRESHOLD_UP: f64 = 0.02;
-const SWAP_THRESHOLD_DOWN: f64 = 0.01;
 
 /// What the limiter says about one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +114,11 @@ pub enum Admission {
 }
 
 pub(crate) fn secs(d: f64) -> Duration {
-    Duration::from_secs_f64(if d.is_finite() { d.max(0.0) } else { 0.0 })
+    Duration::from_secs_f64(if d.is_finite() {
+        d.clamp(0.0, 1e9)
+    } else {
+        0.0
+    })
 }
 
 /// The limiter's view of the API's rate limit, for logs and benchmarks.
@@ -141,12 +128,24 @@ pub struct Estimates {
     pub limit: Option<f64>,
     /// The window length the limit applies to.
     pub window: Duration,
-    /// This process's share of the account's requests.
-    pub share: f64,
-    /// Requests per second this process allows itself now.
+    /// How the server seems to count.
+    pub model: Model,
+    /// Requests per second allowed now (the fleet's, when shared).
     pub rate: f64,
-    /// Rate changes (bucket swaps) so far.
+    /// Rate changes so far.
     pub swaps: u64,
+}
+
+/// A request as it goes out: when, and its number (the fleet's, when shared).
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    at: Instant,
+    seq: u64,
+}
+
+struct TunerState {
+    tuner: Tuner,
+    seq: u64,
 }
 
 /// Everything that decides when a job may be sent; one per process.
@@ -155,64 +154,109 @@ pub struct RateControl {
     bucket: ApiBucket,
     /// Tasks take API tokens one at a time, in order.
     turn: tokio::sync::Mutex<()>,
-    tuner: Mutex<Tuner>,
+    tuner: Mutex<TunerState>,
     gate: Mutex<Option<Instant>>,
     pacing: Pacing,
+    slots: Slots,
+    shared: Option<Arc<Shared>>,
     metrics: Metrics,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for RateControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateControl")
             .field("rate", &self.rate())
+            .field("shared", &self.shared.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl RateControl {
-    pub fn new(limiter: &LimiterSettings, pacing: &PacingSettings, metrics: Metrics) -> Self {
+    /// The limiter `limiter` and `pacing` describe. With `limiter.backend =
+    /// "redis"`, `redis` is the process's client (validation has checked
+    /// that `redis.url` is set); `state` shows a fallback in `/readyz`.
+    pub fn new(
+        limiter: &LimiterSettings,
+        pacing: &PacingSettings,
+        metrics: Metrics,
+        redis: Option<&crate::redis::Redis>,
+        state: Arc<WorkerState>,
+    ) -> Self {
         metrics.limiter_rate.set(limiter.initial_rate);
+        let shared = match (limiter.backend, redis) {
+            (LimiterBackend::Redis, Some(r)) => {
+                Some(Shared::new(r.clone(), metrics.clone(), state))
+            }
+            _ => {
+                metrics.limiter_shared.set(0);
+                None
+            }
+        };
+        let slots = match &shared {
+            Some(s) => Slots::Shared(s.clone()),
+            None => Slots::Local(Arc::new(LocalSlots::default())),
+        };
         Self {
             settings: limiter.clone(),
             bucket: ApiBucket::new(limiter.initial_rate, limiter.burst, DefaultClock::default()),
             turn: tokio::sync::Mutex::new(()),
-            tuner: Mutex::new(Tuner::new(limiter)),
+            tuner: Mutex::new(TunerState {
+                tuner: Tuner::new(limiter),
+                seq: 0,
+            }),
             gate: Mutex::new(None),
             pacing: Pacing::new(pacing),
+            slots,
+            shared,
             metrics,
+            epoch: Instant::now(),
         }
+    }
+
+    /// Run the shared limiter's heartbeat until `stop` (nothing when local).
+    pub fn start(&self, stop: CancellationToken) {
+        if let Some(s) = &self.shared {
+            tokio::spawn(s.clone().heartbeat(stop));
+        }
+    }
+
+    fn t(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.epoch).as_secs_f64()
     }
 
     /// The API request rate allowed now.
     pub fn rate(&self) -> f64 {
-        self.bucket.rate()
+        self.lock().tuner.rate()
     }
 
-    /// This process's estimated share of the account's API requests.
-    pub fn share(&self) -> f64 {
-        self.tuner.lock().unwrap_or_else(|e| e.into_inner()).share()
+    fn lock(&self) -> std::sync::MutexGuard<'_, TunerState> {
+        self.tuner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What the tuner has learned about the API's limit.
     pub fn estimates(&self) -> Estimates {
-        let t = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.t(Instant::now());
+        let s = self.lock();
         Estimates {
-            limit: t.limit(),
-            window: secs(t.window_len()),
-            share: t.share(),
-            rate: self.rate(),
+            limit: s.tuner.limit(),
+            window: secs(s.tuner.window_len(now)),
+            model: s.tuner.model(),
+            rate: s.tuner.rate(),
             swaps: self.bucket.swaps(),
         }
     }
 
-    /// When the 429 gate opens, if it is closed.
+    /// When the gate opens, if it is closed.
     pub fn paused_until(&self) -> Option<Instant> {
         let g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         g.filter(|t| *t > Instant::now())
     }
 
-    /// Close the gate for `d` (extends, never shortens, a pause).
-    pub fn pause_for(&self, d: Duration) {
+    /// Close the gate for `d` (extends, never shortens, a pause), at most
+    /// `limiter.max_pause_secs`; the whole fleet's when shared.
+    fn pause_for(&self, d: Duration) -> Duration {
+        let d = d.min(Duration::from_secs(self.settings.max_pause_secs));
         let until = Instant::now() + d;
         let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         if g.is_none_or(|t| t < until) {
@@ -224,61 +268,82 @@ impl RateControl {
                     .map_or(0.0, |x| x.as_secs_f64()),
             );
         }
-    }
-
-    /// A 429 from the API. The whole process pauses only when the answer
-    /// says the account's budget is spent (`x-ratelimit-remaining` 0) or
-    /// says nothing about it; a 429 that leaves budget is about this job
-    /// alone (it bounces through the broker) and pauses nothing. The pause
-    /// is `retry-after` (1 s without one), at most `limiter.max_pause_secs`;
-    /// then the next request probes. Returns the pause, if any.
-    pub fn on_rate_limited(
-        &self,
-        retry_after: Option<Duration>,
-        headers: Option<&HeaderMap>,
-    ) -> Option<Duration> {
-        let budget_left = headers
-            .and_then(|h| RateLimitHeaders::parse(h, SystemTime::now()))
-            .is_some_and(|h| h.remaining >= 1.0);
-        if budget_left {
-            return None;
+        if let Some(s) = &self.shared {
+            s.pause(d);
         }
-        let cap = Duration::from_secs(self.settings.max_pause_secs);
-        let pause = retry_after.unwrap_or(Duration::from_secs(1)).min(cap);
-        self.pause_for(pause);
-        Some(pause)
+        d
     }
 
-    /// Retune from a response's headers.
-    pub fn observe(&self, headers: &HeaderMap) {
-        let Some(h) = RateLimitHeaders::parse(headers, SystemTime::now()) else {
-            return;
+    /// A request is going out now.
+    pub fn sent(&self, fleet_seq: Option<u64>) -> Sent {
+        let at = Instant::now();
+        let t = self.t(at);
+        let mut s = self.lock();
+        s.seq = match fleet_seq {
+            Some(n) => n.max(s.seq),
+            None => s.seq + 1,
         };
-        self.metrics.limiter_remaining.set(h.remaining);
-        let mut tuner = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
-        // Requests of this process still on their way (the pipeline keeps
-        // the gauge); they will use up part of what `remaining` shows.
-        let in_flight = self.metrics.in_flight.get().max(0) as f64;
-        let t = tuner.observe(Instant::now().into_std(), &h, in_flight);
-        // Under the tuner's lock, so swaps happen in the order decided.
-        self.set_rate(t.rate);
-        drop(tuner);
-        if let Some(p) = t.pause {
-            self.pause_for(p);
-        }
+        let seq = s.seq;
+        s.tuner.record_send(t, seq);
+        Sent { at, seq }
     }
 
-    /// Swap in a bucket at `rate` when it is more than 2 % above the
-    /// current one or more than 1 % below it.
-    pub fn set_rate(&self, rate: f64) {
+    /// The answer to the request `sent`: its headers (None for a transport
+    /// error), whether it was a 429, and its `retry-after`. Retunes, and
+    /// returns the pause it set, if any.
+    pub fn observe(
+        &self,
+        sent: Sent,
+        headers: Option<&HeaderMap>,
+        refused: bool,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        let parsed = headers.and_then(|h| RateLimitHeaders::parse(h, SystemTime::now()));
+        if let Some(h) = &parsed {
+            self.metrics.limiter_remaining.set(h.remaining);
+        }
+        headers?; // no answer: nothing to learn
+        // A 429 that leaves budget is about its job alone.
+        let budget_429 = refused && parsed.is_none_or(|h| h.remaining < 1.0);
+        let now = Instant::now();
+        let mut s = self.lock();
+        let seq_now = s.seq;
+        let tuning = s.tuner.observe(
+            self.t(now),
+            seq_now,
+            &Observation {
+                at: self.t(sent.at),
+                seq: sent.seq,
+                headers: parsed,
+                refused: budget_429,
+                retry_after: retry_after.map(|d| d.as_secs_f64()),
+            },
+        );
+        self.set_rate(tuning.rate);
+        drop(s);
+        tuning
+            .pause
+            .filter(|p| *p > 0.0)
+            .map(|p| self.pause_for(secs(p)))
+    }
+
+    /// Swap in a bucket at `rate` when it is more than 2 % above the current
+    /// one or more than 1 % below it (erring low); tell the fleet.
+    fn set_rate(&self, rate: f64) {
         let rate = rate.clamp(self.settings.min_rate, self.settings.max_rate);
-        let current = self.rate();
-        if rate <= current * (1.0 + SWAP_THRESHOLD_UP)
-            && rate >= current * (1.0 - SWAP_THRESHOLD_DOWN)
-        {
+        if let Some(s) = &self.shared {
+            s.set_rate(rate);
+        }
+        let current = self.bucket.rate();
+        let local = match &self.shared {
+            Some(s) => rate / s.replicas() as f64,
+            None => rate,
+        };
+        if local <= current * 1.02 && local >= current * 0.99 {
             return;
         }
-        self.bucket.set_rate(rate);
+        self.bucket
+            .set_rate(local.max(self.settings.min_rate / 10.0));
         self.metrics.limiter_rate.set(rate);
     }
 
@@ -302,19 +367,54 @@ impl RateControl {
         }
     }
 
-    /// Wait for pacing, the gate and a token. Cancellable at every step.
-    pub async fn admit(&self, job: &Job, cancel: &CancellationToken) -> Admission {
-        match self.pacing.admit(job, cancel, &self.metrics).await {
-            Admission::Go => {}
-            other => return other,
+    /// Wait for pacing, the gate and an API token. Cancellable at every
+    /// step. On `Go`, the fleet's number of the token, when shared.
+    pub async fn admit(&self, job: &Job, cancel: &CancellationToken) -> (Admission, Option<u64>) {
+        let started = Instant::now();
+        let ticket = match self
+            .pacing
+            .queue(job, &self.slots, cancel, &self.metrics)
+            .await
+        {
+            Ok(t) => t,
+            Err(a) => return (a, None),
+        };
+        let paced = Instant::now();
+        self.metrics
+            .limiter_wait
+            .with_label_values(&["pacing"])
+            .observe((paced - started).as_secs_f64());
+        let fleet_seq = match self.api_token(cancel).await {
+            Some(seq) => seq,
+            None => return (Admission::Cancelled, None),
+        };
+        if let Err(a) = self.pacing.commit(ticket, &self.slots, cancel).await {
+            return (a, None);
+        }
+        self.metrics
+            .limiter_wait
+            .with_label_values(&["api"])
+            .observe(paced.elapsed().as_secs_f64());
+        (Admission::Go, fleet_seq)
+    }
+
+    /// An API token: the fleet's (its number) or, local or falling back,
+    /// this process's bucket's (`Some(None)`). `None`: cancelled.
+    async fn api_token(&self, cancel: &CancellationToken) -> Option<Option<u64>> {
+        if let Some(s) = &self.shared {
+            match s.api_token(self.rate(), cancel).await {
+                Ok(Some(seq)) => return Some(Some(seq)),
+                Ok(None) => {} // Redis is away: the local share
+                Err(()) => return None,
+            }
         }
         let _turn = tokio::select! {
-            _ = cancel.cancelled() => return Admission::Cancelled,
+            _ = cancel.cancelled() => return None,
             t = self.turn.lock() => t,
         };
         loop {
             match self.wait_gate(cancel).await {
-                None => return Admission::Cancelled,
+                None => return None,
                 // The bucket filled up during the pause: swap it for one with
                 // a single token, so the next window does not open with a
                 // burst.
@@ -322,75 +422,17 @@ impl RateControl {
                 Some(false) => {}
             }
             match self.bucket.try_acquire() {
-                Ok(()) => break,
+                Ok(()) => return Some(None),
                 Err(wait) => {
                     tokio::select! {
-                        _ = cancel.cancelled() => return Admission::Cancelled,
+                        _ = cancel.cancelled() => return None,
                         _ = tokio::time::sleep(wait.min(MAX_TOKEN_SLEEP)) => {}
                     }
                 }
             }
         }
-        Admission::Go
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use model::{headers, settings};
-
-    #[tokio::test]
-    async fn a_429_pauses_only_when_the_budget_is_spent_and_never_past_the_cap() {
-        let rc = RateControl::new(&settings(), &PacingSettings::default(), Metrics::new());
-        // The answer still shows budget: this job's 429 alone, no pause.
-        let left = headers(&[
-            ("x-ratelimit-limit", "100"),
-            ("x-ratelimit-remaining", "40"),
-            ("x-ratelimit-reset", "1"),
-        ]);
-        assert_eq!(
-            rc.on_rate_limited(Some(Duration::from_secs(86_400)), Some(&left)),
-            None
-        );
-        assert!(rc.paused_until().is_none());
-        // Spent, with a day-long retry-after: paused for the cap only.
-        let spent = headers(&[
-            ("x-ratelimit-limit", "100"),
-            ("x-ratelimit-remaining", "0"),
-            ("x-ratelimit-reset", "1"),
-        ]);
-        let pause = rc.on_rate_limited(Some(Duration::from_secs(86_400)), Some(&spent));
-        assert_eq!(pause, Some(Duration::from_secs(60)));
-        let until = rc.paused_until().expect("paused");
-        assert!(until <= Instant::now() + Duration::from_secs(60));
-        // No headers and no retry-after: a second.
-        let rc = RateControl::new(&settings(), &PacingSettings::default(), Metrics::new());
-        assert_eq!(rc.on_rate_limited(None, None), Some(Duration::from_secs(1)));
-    }
-
-    #[tokio::test]
-    async fn observe_swaps_the_bucket_and_closes_the_gate_when_exhausted() {
-        let m = Metrics::new();
-        let rc = RateControl::new(&settings(), &PacingSettings::default(), m.clone());
-        assert_eq!(rc.rate(), 50.0);
-        rc.observe(&headers(&[
-            ("x-ratelimit-limit", "2000"),
-            ("x-ratelimit-remaining", "1999"),
-            ("x-ratelimit-reset", "10"),
-        ]));
-        // 2000 per 10 s window, less the headroom.
-        assert!((rc.rate() - 197.0).abs() < 0.5, "{}", rc.rate());
-        assert!(rc.paused_until().is_none());
-        rc.observe(&headers(&[
-            ("x-ratelimit-limit", "2000"),
-            ("x-ratelimit-remaining", "0"),
-            ("x-ratelimit-reset", "3"),
-        ]));
-        assert!(rc.paused_until().is_some());
-        let text = m.render();
-        assert!(text.contains("send_worker_limiter_paused 1"), "{text}");
-        assert!(text.contains("send_worker_limiter_remaining 0"));
-        assert!(!text.contains("send_worker_limiter_rate 50\n"));
-    }
-}
+mod tests;

@@ -258,7 +258,8 @@ impl Pipeline {
     /// the answer says about the API's health.
     async fn send(&self, job: &mut Job, signals: &JobSignals) -> (Disposition, Signal) {
         let neutral = |d| (d, Signal::Neutral);
-        match self.limiter.admit(job, &signals.cancel).await {
+        let (admission, fleet_seq) = self.limiter.admit(job, &signals.cancel).await;
+        match admission {
             Admission::Go => {}
             Admission::Cancelled => return neutral(Disposition::Requeue { halt: None }),
             Admission::Defer(delay) => {
@@ -291,6 +292,7 @@ impl Pipeline {
             dedupe::Lease::Done(d) => return neutral(d),
         };
         self.metrics.in_flight.inc();
+        let sent = self.limiter.sent(fleet_seq);
         let result = tokio::select! {
             r = self.api.send_message(job.body.clone()) => Some(r),
             // The drain's grace is over: abandon the request. The API may
@@ -307,27 +309,35 @@ impl Pipeline {
         let outcome = classify(&result);
         match &result {
             Ok(r) => {
-                self.limiter.observe(&r.headers);
                 let code = outcome.failure().and_then(|f| f.code.as_deref());
                 self.metrics
                     .api_request(Some(r.status), code, Some(r.latency.as_secs_f64()));
             }
             Err(_) => self.metrics.api_request(None, None, None),
         }
-        if let Outcome::RateLimited(f) = &outcome {
-            let headers = result.as_ref().ok().map(|r| &r.headers);
-            match self.limiter.on_rate_limited(f.retry_after, headers) {
-                Some(pause) => {
-                    self.state.set_paused(true);
-                    info!(
-                        pause_ms = pause.as_millis() as u64,
-                        "429 from the API: pausing sends"
-                    );
-                }
-                None => debug!("429 for this job while the account has budget left: no pause"),
+        let refused = matches!(outcome, Outcome::RateLimited(_));
+        let retry_after = outcome.failure().and_then(|f| f.retry_after);
+        let headers = result.as_ref().ok().map(|r| &r.headers);
+        match self.limiter.observe(sent, headers, refused, retry_after) {
+            Some(pause) if refused => {
+                self.state.set_paused(true);
+                info!(
+                    pause_ms = pause.as_millis() as u64,
+                    "429 from the API: pausing sends"
+                );
             }
-        } else if result.is_ok() {
-            self.state.set_paused(false);
+            Some(pause) => {
+                self.state.set_paused(true);
+                debug!(
+                    pause_ms = pause.as_millis() as u64,
+                    "the API budget is spent: pausing sends"
+                );
+            }
+            None if refused => {
+                debug!("429 for this job while the account has budget left: no pause")
+            }
+            None if result.is_ok() => self.state.set_paused(false),
+            None => {}
         }
         debug!(?outcome, "API answered");
         let signal = Signal::of(&outcome);

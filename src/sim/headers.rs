@@ -76,7 +76,7 @@ pub(super) fn reset_value(style: ResetStyle, now_unix: Duration, reset_in: Durat
 }
 
 /// The three `x-ratelimit-*` headers of a decision.
-pub(super) fn rate_limit(
+pub(crate) fn rate_limit(
     headers: &mut HeaderMap,
     d: &Decision,
     style: ResetStyle,
@@ -96,7 +96,7 @@ pub(super) fn rate_limit(
 
 /// The rate limit's own `retry-after`: `wait` until a request would be
 /// allowed, from `now_unix`.
-pub(super) fn retry_after(style: RetryAfterStyle, now_unix: Duration, wait: Duration) -> String {
+pub(crate) fn retry_after(style: RetryAfterStyle, now_unix: Duration, wait: Duration) -> String {
     match style {
         RetryAfterStyle::Seconds => ceil_secs(wait).max(1).to_string(),
         RetryAfterStyle::HttpDate => http_date(ceil_secs(now_unix.saturating_add(wait))),

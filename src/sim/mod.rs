@@ -33,7 +33,7 @@
 //! [`SimConfigView`]), or the same through [`SimHandle`].
 
 mod control;
-mod headers;
+pub(crate) mod headers;
 pub mod models;
 mod scenarios;
 mod window;

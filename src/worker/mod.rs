@@ -82,15 +82,17 @@ impl Worker {
         metrics: Metrics,
     ) -> Result<Self, StoreError> {
         let state = Arc::new(WorkerState::new(metrics.clone()));
+        let redis = crate::redis::Redis::from_settings(&settings.redis)?;
         let limiter = Arc::new(RateControl::new(
             &settings.limiter,
             &settings.pacing,
             metrics.clone(),
+            redis.as_ref(),
+            state.clone(),
         ));
         let circuit = Arc::new(CircuitBreaker::new(settings.circuit.clone(), state.clone()));
         let halt_probe_interval = Duration::from_secs(settings.worker.halt_probe_secs);
         let outbox = Outbox::new(!settings.amqp.events_exchange.is_empty(), metrics.clone());
-        let redis = crate::redis::Redis::from_settings(&settings.redis)?;
         let store = Store::from_settings(&settings, redis.as_ref(), metrics.clone())?;
         Ok(Self {
             settings: Arc::new(settings),
@@ -133,6 +135,7 @@ impl Worker {
             let stop = pump_stop.clone();
             tokio::spawn(async move { outbox.pump(url, exchange, timeout, stop).await })
         };
+        self.limiter.start(pump_stop.clone());
         let result = self.supervise(&shutdown).await;
         pump_stop.cancel();
         let _ = pump.await;
