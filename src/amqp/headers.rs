@@ -22,7 +22,8 @@ pub const ERROR_DETAIL: &str = "x-error-detail";
 pub const HTTP_STATUS: &str = "x-http-status";
 pub const FAILED_AT: &str = "x-failed-at";
 
-fn value<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+/// Header `name` as it came, of whatever type.
+pub fn value<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
     props
         .headers()
         .as_ref()
@@ -40,10 +41,20 @@ pub fn get_u64(props: &BasicProperties, name: &str) -> Option<u64> {
         AMQPValue::LongUInt(v) => Some(u64::from(*v)),
         AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
         AMQPValue::Timestamp(v) => Some(*v),
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
-        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
+        AMQPValue::LongString(s) => decimal(std::str::from_utf8(s.as_bytes()).ok()?),
+        AMQPValue::ShortString(s) => decimal(s.as_str()),
         _ => None,
     }
+}
+
+/// Decimal digits; more than a `u64` holds saturates.
+fn decimal(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse().unwrap_or(u64::MAX))
 }
 
 pub fn get_u32(props: &BasicProperties, name: &str) -> Option<u32> {
@@ -145,5 +156,36 @@ mod tests {
         assert_eq!(get_string(&p, ATTEMPTS).as_deref(), Some("7"));
         let p = with_header(p, ATTEMPTS, AMQPValue::Boolean(true));
         assert_eq!(get_u32(&p, ATTEMPTS), None);
+    }
+
+    #[test]
+    fn absurd_integers_saturate_and_non_integers_are_absent() {
+        let p = |v| with_header(BasicProperties::default(), ATTEMPTS, v);
+        let big = "99999999999999999999999999999999";
+        assert_eq!(get_u64(&p(string(big)), ATTEMPTS), Some(u64::MAX));
+        assert_eq!(get_u32(&p(string(big)), ATTEMPTS), Some(u32::MAX));
+        assert_eq!(
+            get_u32(&p(AMQPValue::Timestamp(u64::MAX)), ATTEMPTS),
+            Some(u32::MAX)
+        );
+        assert_eq!(
+            get_u32(&p(AMQPValue::LongLongInt(i64::MAX)), ATTEMPTS),
+            Some(u32::MAX)
+        );
+        for v in [
+            string("-1"),
+            string("1.5"),
+            string("1e3"),
+            string(""),
+            string("+"),
+            string("12a"),
+            AMQPValue::LongString(LongString::from(vec![0xff, b'1'])),
+            AMQPValue::LongLongInt(i64::MIN),
+            AMQPValue::Double(2.0),
+            AMQPValue::Void,
+        ] {
+            assert_eq!(get_u64(&p(v.clone()), ATTEMPTS), None, "{v:?}");
+        }
+        assert_eq!(get_u64(&p(string(" +7 ")), ATTEMPTS), Some(7));
     }
 }

@@ -5,12 +5,13 @@
 
 mod deadline;
 pub mod encoding;
+pub mod time;
 mod validate;
 
-pub use deadline::parse_deadline;
+pub use deadline::{Deadline, parse_deadline, parse_deadline_text, parse_deadline_value};
 pub use validate::{classify_sender, is_e164};
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use lapin::BasicProperties;
 use serde_json::Value;
@@ -95,9 +96,11 @@ pub struct Job {
     pub attempt: u32,
     pub rate_limit_bounces: u32,
     pub deferrals: u32,
-    /// When the producer published it (AMQP `timestamp`).
+    /// When the producer published it (AMQP `timestamp`), if not after
+    /// year 9999 ([`time::LATEST_SECS`]).
     pub published_at: Option<SystemTime>,
-    /// Not to be sent after this.
+    /// Not to be sent after this: the earlier of `x-expires-at` and
+    /// `published_at + max_age`. Never after year 9999.
     pub deadline: Option<SystemTime>,
 }
 
@@ -145,21 +148,21 @@ impl Job {
         })?;
         let checked = validate(&obj)?;
 
+        // A timestamp after year 9999 (a millisecond one, u64::MAX) is no
+        // publish time: it is ignored, as if absent.
         let published_at = props
             .timestamp()
             .filter(|t| *t > 0)
-            .map(|t| UNIX_EPOCH + Duration::from_secs(t));
-        let explicit = match headers::get_string(props, headers::EXPIRES_AT) {
-            Some(raw) => Some(parse_deadline(&raw).ok_or_else(|| {
-                Rejection::invalid(format!(
-                    "header {} is not RFC 3339 or unix seconds: {raw:?}",
-                    headers::EXPIRES_AT
-                ))
-            })?),
+            .and_then(time::from_unix_secs);
+        let explicit = match headers::value(props, headers::EXPIRES_AT) {
+            Some(v) => parse_deadline_value(v)
+                .map_err(|why| Rejection::invalid(format!("header {} {why}", headers::EXPIRES_AT)))?
+                .and_then(Deadline::at),
             None => None,
         };
+        // Past year 9999 there is no deadline by age either.
         let by_age = match (max_age, published_at) {
-            (Some(age), Some(at)) => Some(at + age),
+            (Some(age), Some(at)) => time::checked_add(at, age),
             _ => None,
         };
         let deadline = match (explicit, by_age) {
@@ -190,7 +193,8 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::ShortString;
+    use lapin::types::{AMQPValue, ShortString};
+    use std::time::UNIX_EPOCH;
 
     fn props(id: &str) -> BasicProperties {
         BasicProperties::default().with_message_id(ShortString::from(id))
@@ -396,5 +400,117 @@ mod tests {
         let p = props("j").with_timestamp(1_000);
         let j = parse_props(&p, Some(Duration::from_secs(60))).unwrap();
         assert_eq!(j.deadline, Some(UNIX_EPOCH + Duration::from_secs(1_060)));
+    }
+
+    /// The panics the hostile test (tests/hostile.rs) dead-lettered as
+    /// `internal`: `UNIX_EPOCH + secs` past `SystemTime`'s range for the
+    /// AMQP timestamp and for `x-expires-at` read as text, and `at + age`.
+    #[test]
+    fn absurd_timestamps_are_no_publish_time() {
+        let age = Some(Duration::from_secs(3_600));
+        for ts in [
+            u64::MAX,
+            i64::MAX as u64,
+            i64::MAX as u64 + 1,
+            u64::MAX / 2,
+            time::LATEST_SECS + 1,
+        ] {
+            let j = parse_props(&props("j").with_timestamp(ts), age).unwrap();
+            assert_eq!(j.published_at, None, "{ts}");
+            assert_eq!(j.deadline, None, "{ts}");
+        }
+        // In range, but `at + max_age` is past year 9999: no age deadline.
+        let j = parse_props(&props("j").with_timestamp(time::LATEST_SECS), age).unwrap();
+        assert!(j.published_at.is_some());
+        assert_eq!(j.deadline, None);
+        let year_3000 = 32_503_680_000;
+        let j = parse_props(&props("j").with_timestamp(year_3000), age).unwrap();
+        assert_eq!(
+            j.deadline,
+            Some(UNIX_EPOCH + Duration::from_secs(year_3000 + 3_600))
+        );
+    }
+
+    #[test]
+    fn absurd_deadlines_are_none_or_refused_never_a_panic() {
+        let with = |v: AMQPValue| {
+            let p = headers::with_header(props("j").with_timestamp(1_000), headers::EXPIRES_AT, v);
+            parse_props(&p, Some(Duration::from_secs(60)))
+        };
+        let by_age = Some(UNIX_EPOCH + Duration::from_secs(1_060));
+        // Far in the future: no deadline of its own; max_age still holds.
+        for v in [
+            AMQPValue::LongLongInt(i64::MAX),
+            AMQPValue::Timestamp(u64::MAX),
+            AMQPValue::Double(1e300),
+            AMQPValue::Float(3.0e38),
+            headers::string("1e300"),
+            headers::string("99999999999999999999999999999999"),
+            headers::string(i64::MAX.to_string()),
+            headers::string("9999-12-31T23:59:59Z"),
+            AMQPValue::Void,
+        ] {
+            assert_eq!(with(v.clone()).unwrap().deadline, by_age, "{v:?}");
+        }
+        // Not a time: refused, naming the header.
+        for v in [
+            AMQPValue::LongLongInt(i64::MIN),
+            AMQPValue::Double(-1e300),
+            AMQPValue::Double(f64::NAN),
+            AMQPValue::Boolean(true),
+            headers::string("-5"),
+            headers::string("NaN"),
+            headers::string("not a number \u{0}\u{7f}"),
+        ] {
+            let r = with(v.clone()).unwrap_err();
+            assert_eq!(r.kind, RejectionKind::Validation, "{v:?}");
+            assert!(
+                r.detail.contains(headers::EXPIRES_AT),
+                "{v:?}: {}",
+                r.detail
+            );
+        }
+        // An earlier explicit deadline wins over max_age.
+        let j = with(AMQPValue::LongLongInt(1_030)).unwrap();
+        assert_eq!(j.deadline, Some(UNIX_EPOCH + Duration::from_secs(1_030)));
+    }
+
+    #[test]
+    fn absurd_counters_saturate() {
+        for name in [
+            headers::ATTEMPTS,
+            headers::RATE_LIMIT_BOUNCES,
+            headers::DEFERRALS,
+        ] {
+            for v in [
+                AMQPValue::LongLongInt(i64::MAX),
+                AMQPValue::Timestamp(u64::MAX),
+                headers::string("99999999999999999999999999999999"),
+            ] {
+                let p = headers::with_header(props("j"), name, v);
+                let j = parse_props(&p, None).unwrap();
+                let got = match name {
+                    headers::ATTEMPTS => j.attempt,
+                    headers::RATE_LIMIT_BOUNCES => j.rate_limit_bounces,
+                    _ => j.deferrals,
+                };
+                assert_eq!(got, u32::MAX, "{name}");
+            }
+            // Negative, fractional or not a number: absent.
+            for v in [
+                AMQPValue::LongLongInt(i64::MIN),
+                AMQPValue::Double(3.0),
+                headers::string("-1"),
+                AMQPValue::Boolean(true),
+            ] {
+                let p = headers::with_header(props("j"), name, v);
+                let j = parse_props(&p, None).unwrap();
+                assert_eq!(
+                    (j.attempt, j.rate_limit_bounces, j.deferrals),
+                    (1, 0, 0),
+                    "{name}"
+                );
+            }
+        }
     }
 }

@@ -183,7 +183,7 @@ pub(super) fn rejection_disposition(rejection: Rejection, attempts: u32) -> Disp
 pub(super) fn expired_disposition(job: &Job) -> Disposition {
     let at = job
         .deadline
-        .map(|d| humantime::format_rfc3339_seconds(d).to_string())
+        .map(crate::job::time::rfc3339)
         .unwrap_or_default();
     Disposition::DeadLetter {
         reason: DeadReason::Expired,

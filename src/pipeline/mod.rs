@@ -381,7 +381,9 @@ fn resume(job: &mut Job, disposition: Disposition, decided_at: Instant) -> Optio
             deferrals,
             failure,
         } => {
-            let left = (decided_at + delay).saturating_duration_since(Instant::now());
+            let left = decided_at
+                .checked_add(delay)
+                .map_or(delay, |end| end.saturating_duration_since(Instant::now()));
             if left.is_zero() {
                 job.attempt = attempts_made.saturating_add(1);
                 job.rate_limit_bounces = bounces;

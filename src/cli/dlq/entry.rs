@@ -2,7 +2,7 @@
 //! worker's `x-error-*` headers or RabbitMQ's `x-death`, the filters that
 //! select entries, and the properties a replayed copy gets.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
@@ -195,7 +195,7 @@ fn table_time(t: &FieldTable, key: &str) -> Option<SystemTime> {
         AMQPValue::LongUInt(v) => u64::from(*v),
         _ => return None,
     };
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
+    crate::job::time::from_unix_secs(secs)
 }
 
 /// The most recent `x-death` record (RabbitMQ keeps them newest first).
@@ -222,7 +222,7 @@ impl Entry {
                 props
                     .timestamp()
                     .filter(|t| *t > 0)
-                    .map(|t| UNIX_EPOCH + Duration::from_secs(t))
+                    .and_then(crate::job::time::from_unix_secs)
             });
         Entry {
             job_id: crate::job::job_id(props),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
@@ -30,8 +30,18 @@ pub(super) fn progress(
     Ok(())
 }
 
+/// RFC 3339; a time it cannot write (after year 9999) as unix seconds.
 pub(super) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    crate::job::time::rfc3339(t)
+}
+
+/// An AMQP timestamp (producer-set, any `u64`) as RFC 3339, or as the bare
+/// number when it is past year 9999.
+fn timestamp_json(t: u64) -> Value {
+    match crate::job::time::from_unix_secs(t) {
+        Some(at) => json!(rfc3339(at)),
+        None => json!(t),
+    }
 }
 
 /// "42s", "17m", "5h12m", "3d4h".
@@ -178,11 +188,7 @@ fn properties_json(p: &BasicProperties) -> Map<String, Value> {
         "expiration",
         p.expiration().as_ref().map(|v| json!(v.as_str())),
     );
-    put(
-        "timestamp",
-        p.timestamp()
-            .map(|t| json!(rfc3339(UNIX_EPOCH + Duration::from_secs(t)))),
-    );
+    put("timestamp", p.timestamp().map(timestamp_json));
     put("type", p.kind().as_ref().map(|v| json!(v.as_str())));
     put("user_id", p.user_id().as_ref().map(|v| json!(v.as_str())));
     put("app_id", p.app_id().as_ref().map(|v| json!(v.as_str())));
@@ -193,8 +199,20 @@ fn properties_json(p: &BasicProperties) -> Map<String, Value> {
     m
 }
 
-/// An AMQP value as JSON (timestamps as RFC 3339, byte arrays escaped).
+/// Tables and arrays nested deeper than this are shown as a marker.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// An AMQP value as JSON (timestamps as RFC 3339, byte arrays escaped,
+/// nesting cut at [`MAX_JSON_DEPTH`]).
 pub fn amqp_json(v: &AMQPValue) -> Value {
+    amqp_json_at(v, 0)
+}
+
+fn amqp_json_at(v: &AMQPValue, depth: usize) -> Value {
+    if depth >= MAX_JSON_DEPTH && matches!(v, AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_)) {
+        return json!(format!("(nested deeper than {MAX_JSON_DEPTH} levels)"));
+    }
+    let inner = |v: &AMQPValue| amqp_json_at(v, depth + 1);
     match v {
         AMQPValue::Boolean(b) => json!(b),
         AMQPValue::ShortShortInt(i) => json!(i),
@@ -211,12 +229,12 @@ pub fn amqp_json(v: &AMQPValue) -> Value {
         }
         AMQPValue::ShortString(s) => json!(s.as_str()),
         AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_json).collect()),
-        AMQPValue::Timestamp(t) => json!(rfc3339(UNIX_EPOCH + Duration::from_secs(*t))),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(inner).collect()),
+        AMQPValue::Timestamp(t) => timestamp_json(*t),
         AMQPValue::FieldTable(t) => Value::Object(
             t.inner()
                 .iter()
-                .map(|(k, v)| (k.to_string(), amqp_json(v)))
+                .map(|(k, v)| (k.to_string(), inner(v)))
                 .collect(),
         ),
         AMQPValue::ByteArray(b) => json!(b.as_slice().escape_ascii().to_string()),
@@ -290,7 +308,7 @@ pub(super) fn write_entry(
     writeln!(
         out,
         "deliveries:   {} (redelivered: {redelivered})",
-        e.delivery_count.unwrap_or(0) + 1
+        e.delivery_count.unwrap_or(0).saturating_add(1)
     )?;
     writeln!(out, "properties:")?;
     for (k, v) in properties_json(props) {

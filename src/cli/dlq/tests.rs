@@ -276,3 +276,64 @@ fn the_command_line_parses() {
     assert!(Cli::try_parse_from(["dlq", "purge", "--yes"]).is_ok());
     assert!(Cli::try_parse_from(["dlq", "replay", "--batch", "0"]).is_err());
 }
+
+/// Panics found by review for issue #9: `UNIX_EPOCH + secs` on an absurd
+/// AMQP timestamp or `x-death` time, humantime's formatter on a time after
+/// year 9999, and `delivery_count + 1`.
+#[test]
+fn absurd_entries_render_without_panicking() {
+    let mut arr = FieldArray::default();
+    arr.push(death("delivery_limit", u64::MAX));
+    let mut p = BasicProperties::default()
+        .with_message_id("absurd".into())
+        .with_timestamp(u64::MAX);
+    p = headers::with_header(p, "x-death", AMQPValue::FieldArray(arr));
+    p = headers::with_header(p, "x-delivery-count", AMQPValue::Timestamp(u64::MAX));
+    p = headers::with_header(p, headers::FAILED_AT, headers::string("1e300"));
+    p = headers::with_header(p, "x-when", AMQPValue::Timestamp(i64::MAX as u64 + 1));
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let e = Entry::from_props(&p);
+    assert_eq!(e.failed_at, None, "no usable time");
+    assert_eq!(e.delivery_count, Some(u64::MAX));
+    let mut out = Vec::new();
+    write_entry(&mut out, &p, b"{}", true, now).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(&format!("deliveries:   {}", u64::MAX)),
+        "{text}"
+    );
+    let j = entry_json(&p, b"{}", false, now);
+    assert_eq!(j["properties"]["timestamp"], serde_json::json!(u64::MAX));
+    assert_eq!(
+        j["headers"]["x-when"],
+        serde_json::json!(i64::MAX as u64 + 1)
+    );
+    let _ = table_row(&e, now);
+
+    // The last second RFC 3339 can write is still a time.
+    let p = BasicProperties::default().with_timestamp(crate::job::time::LATEST_SECS);
+    let e = Entry::from_props(&p);
+    assert!(e.failed_at.is_some());
+    let j = entry_json(&p, b"", false, now);
+    assert_eq!(j["properties"]["timestamp"], "9999-12-31T23:59:59Z");
+    assert_eq!(j["age_secs"], 0, "in the future: age zero");
+}
+
+#[test]
+fn deeply_nested_headers_are_cut_when_rendered() {
+    let mut v = headers::string("deep");
+    for i in 0..200 {
+        let mut t = FieldTable::default();
+        t.insert(format!("k{i}").as_str().into(), v);
+        v = AMQPValue::FieldTable(t);
+    }
+    let j = amqp_json(&v);
+    let mut depth = 0;
+    let mut cur = &j;
+    while let serde_json::Value::Object(m) = cur {
+        cur = m.values().next().unwrap();
+        depth += 1;
+    }
+    assert_eq!(depth, MAX_JSON_DEPTH);
+    assert!(cur.as_str().unwrap().contains("nested deeper"));
+}
