@@ -17,26 +17,6 @@ mod models {
     use super::super::vsim::{Cell, Report, run};
     use crate::sim::models::ModelKind;
 
-    fn summary(name: &str, cell: &Cell) -> (f64, f64, Report) {
-        let r = run(cell);
-        let steady = r.steady(cell, 2.0);
-        let u = Report::utilisation(&steady);
-        let refused = r.refused_share();
-        let conv = cell
-            .changes
-            .first()
-            .and_then(|(at, _)| r.reconvergence(*at, cell.duration, cell.window));
-        eprintln!(
-            "{name}: utilisation {:.3}, 429 share {:.4}, model {:?}, rate at the end {:.1}/s, re-converged {:?} s after the change",
-            u,
-            refused,
-            r.models.last(),
-            r.rates.last().copied().unwrap_or(0.0),
-            conv
-        );
-        (u, refused, r)
-    }
-
     /// The matrix (BENCHMARKS.md): every server model × replicas × API
     /// latency, limit 100/s dropping to 50/s at 10 s; then replicas joining
     /// and leaving (1 → 3 → 1); then 1,000/s behind a 250 ms API. Virtual
@@ -65,16 +45,18 @@ mod models {
         eprintln!(
             "| model | replicas | latency | case | steady utilisation | 429s after the first window | re-converged after the change |"
         );
-        eprintln!("|---|---|---|---|---|---|---|");
+        eprintln!("|---|---|---|---|---|---|---|---|");
         let row = |model: ModelKind, replicas: usize, lat: u64, case: &str, c: &Cell| {
             let r = run(c);
             let u = Report::utilisation(&r.steady(c, 2.0));
+            let end_rate = r.rates.last().copied().unwrap_or(0.0);
+            let model_seen = r.models.last().map_or("-", |m| m.as_str());
             let conv = c
                 .changes
                 .first()
                 .and_then(|(at, _)| r.reconvergence(*at, c.duration, c.window));
             eprintln!(
-                "| {model} | {replicas} | {lat} ms | {case} | {:.1} % | {:.2} % | {} |",
+                "| {model} | {replicas} | {lat} ms | {case} | {:.1} % | {:.2} % | {} | {model_seen} {end_rate:.0}/s |",
                 u * 100.0,
                 r.refused_share() * 100.0,
                 conv.map_or("-".to_owned(), |s| format!("{s:.1} s"))
