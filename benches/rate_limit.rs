@@ -403,17 +403,7 @@ fn accepted_times(reqs: &[SimRequest], from: &str, tag: &str) -> Vec<u64> {
 }
 
 fn max_in_any_second(times: &[u64]) -> usize {
-    let mut t = times.to_vec();
-    t.sort_unstable();
-    let mut best = 0;
-    let mut lo = 0;
-    for hi in 0..t.len() {
-        while t[hi] - t[lo] >= 1000 {
-            lo += 1;
-        }
-        best = best.max(hi - lo + 1);
-    }
-    best
+    send_worker::testkit::most_in_any(times, 1000)
 }
 
 async fn senders() -> anyhow::Result<()> {

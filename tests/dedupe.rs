@@ -14,14 +14,11 @@ use send_worker::secret::Secret;
 use send_worker::sim::SimConfig;
 use send_worker::store::Store;
 use send_worker::testkit::{
-    API_KEY, TestEnv, WorkerProcess, accepted_by_text, free_port, job_props, metric, sms, wait_for,
+    API_KEY, TestEnv, WorkerProcess, accepted_by_text, free_port, job_props, metric, redis_url,
+    sms, wait_for,
 };
 
 const T: Duration = Duration::from_secs(180);
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
-}
 
 fn sim() -> SimConfig {
     SimConfig {

@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 use send_worker::config::{LimiterBackend, Settings};
 use send_worker::secret::Secret;
 use send_worker::sim::{SimConfig, SimRequest};
-use send_worker::testkit::{API_KEY, TestEnv, WorkerProcess, job_props, metric, wait_for};
+use send_worker::testkit::{
+    API_KEY, TestEnv, WorkerProcess, job_props, metric, most_in_any, redis_url, wait_for,
+};
 
 const T: Duration = Duration::from_secs(180);
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
-}
 
 fn sim() -> SimConfig {
     SimConfig {
@@ -54,19 +52,6 @@ fn accepted_at(reqs: &[SimRequest], tag: &str) -> Vec<u64> {
         .collect();
     t.sort_unstable();
     t
-}
-
-/// The most requests in any span of `span_ms` (a sliding second is
-/// stricter than the calendar seconds it contains).
-fn most_in_any(t: &[u64], span_ms: u64) -> usize {
-    let (mut best, mut lo) = (0, 0);
-    for hi in 0..t.len() {
-        while t[hi] - t[lo] >= span_ms {
-            lo += 1;
-        }
-        best = best.max(hi - lo + 1);
-    }
-    best
 }
 
 /// The most requests in one calendar second (by the simulator's clock).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use send_worker::sim::{SimConfig, SimRequest};
-use send_worker::testkit::{TestEnv, job_props, wait_for};
+use send_worker::testkit::{self, TestEnv, job_props, wait_for};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -42,16 +42,8 @@ fn accepted(reqs: &[SimRequest], tag: &str) -> Vec<SimRequest> {
 
 /// The most requests in any span of `span_ms`.
 fn most_in_any(reqs: &[SimRequest], span_ms: u64) -> usize {
-    let mut t: Vec<u64> = reqs.iter().map(|r| r.at_ms).collect();
-    t.sort_unstable();
-    let (mut best, mut lo) = (0, 0);
-    for hi in 0..t.len() {
-        while t[hi] - t[lo] >= span_ms {
-            lo += 1;
-        }
-        best = best.max(hi - lo + 1);
-    }
-    best
+    let t: Vec<u64> = reqs.iter().map(|r| r.at_ms).collect();
+    testkit::most_in_any(&t, span_ms)
 }
 
 fn once_each(reqs: &[SimRequest], tag: &str, n: usize) {

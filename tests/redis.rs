@@ -6,15 +6,12 @@ use std::time::Duration;
 use send_worker::config::Settings;
 use send_worker::redis::Redis;
 use send_worker::secret::Secret;
+use send_worker::testkit::redis_url;
 
 fn settings(url: &str) -> Settings {
     let mut s = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
     s.redis.url = Secret::new(url);
     s
-}
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
 #[tokio::test]

@@ -53,6 +53,25 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
+/// The local Redis (`REDIS_URL` overrides it).
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+}
+
+/// The most of `times` (ms, in any order) inside any span of `span_ms`.
+pub fn most_in_any(times: &[u64], span_ms: u64) -> usize {
+    let mut t = times.to_vec();
+    t.sort_unstable();
+    let (mut best, mut lo) = (0, 0);
+    for hi in 0..t.len() {
+        while t[hi] - t[lo] >= span_ms {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
+}
+
 /// A job body: an SMS from a long code to `to`, whose text identifies it.
 pub fn sms(to: &str, text: &str) -> Vec<u8> {
     serde_json::json!({"from": "+15551234567", "to": to, "text": text})
