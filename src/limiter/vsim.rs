@@ -5,17 +5,20 @@
 //! network, the scheduler and the wall clock: seconds of traffic in
 //! milliseconds, deterministic (a fixed seed for the latency jitter).
 //!
-//! Clients are always backlogged. Each has the tuner and a GCRA bucket as
-//! governor keeps one (burst `limiter.burst`, swapped for one holding a
-//! single token on a rate change or at the end of a pause). In fleet mode
-//! the clients share one bucket, as the Redis limiter shares one among
-//! replicas, and every tuner hears of every send.
+//! Clients are always backlogged. Each has the tuner and the worker's own
+//! [`ApiBucket`] on a fake clock (burst `limiter.burst`, retuned as
+//! `RateControl` retunes it). In fleet mode the clients share one bucket,
+//! as the Redis script spaces the replicas' slots, and every tuner hears of
+//! every send.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
 
+use governor::clock::FakeRelativeClock;
+
+use super::ApiBucket;
 use super::headers::RateLimitHeaders;
 use super::tuner::{Model, Observation, Tuner};
 use crate::config::LimiterSettings;
@@ -155,12 +158,62 @@ impl Report {
 
 struct Client {
     tuner: Tuner,
-    bucket: Bucket,
+    bucket: Local,
     gate: f64,
+    /// A pause was waited out: the next take starts a fresh schedule, as
+    /// `RateControl::api_token` does.
+    waited: bool,
     pending: VecDeque<(f64, Observation)>,
 }
 
-/// A GCRA bucket as governor keeps one.
+/// The worker's own [`ApiBucket`] on a fake clock that follows virtual time.
+struct Local {
+    bucket: ApiBucket<FakeRelativeClock>,
+    clock: FakeRelativeClock,
+    at: f64,
+}
+
+impl Local {
+    fn new(rate: f64, burst: u32) -> Self {
+        let clock = FakeRelativeClock::default();
+        Self {
+            bucket: ApiBucket::new(rate, burst, clock.clone()),
+            clock,
+            at: 0.0,
+        }
+    }
+
+    fn sync(&mut self, t: f64) {
+        if t > self.at {
+            self.clock.advance(dur(t - self.at));
+            self.at = t;
+        }
+    }
+
+    fn try_take(&mut self, t: f64) -> bool {
+        self.sync(t);
+        self.bucket.try_acquire().is_ok()
+    }
+
+    /// A new rate, with `RateControl::set_rate`'s thresholds.
+    fn set_rate(&mut self, r: f64, t: f64) {
+        let current = self.bucket.rate();
+        if r <= current * 1.02 && r >= current * 0.99 {
+            return;
+        }
+        self.sync(t);
+        self.bucket.set_rate(r);
+    }
+
+    /// The end of a pause, as `RateControl::api_token` handles it.
+    fn restart(&mut self, t: f64) {
+        self.sync(t);
+        self.bucket.set_rate(self.bucket.rate());
+    }
+}
+
+/// The fleet's bucket as the Redis script spaces its slots (a burst of one,
+/// never earlier than a pause's end).
 #[derive(Clone, Copy)]
 struct Bucket {
     rate: f64,
@@ -177,17 +230,12 @@ impl Bucket {
         self.tat = self.tat.max(t) + 1.0 / self.rate;
     }
 
-    /// A new rate, as `RateControl::set_rate` swaps it (thresholds and all),
-    /// starting with a single token.
+    /// A new rate, written when it moved (as `RateControl::set_rate`).
     fn set_rate(&mut self, r: f64, t: f64) {
         if r <= self.rate * 1.02 && r >= self.rate * 0.99 {
             return;
         }
         self.rate = r;
-        self.single_token(t);
-    }
-
-    fn single_token(&mut self, t: f64) {
         self.tat = self.tat.max(t + (self.burst - 1.0) / self.rate);
     }
 }
@@ -222,12 +270,9 @@ pub fn run(cell: &Cell) -> Report {
     let s = &cell.settings;
     let new_client = || Client {
         tuner: Tuner::new(s),
-        bucket: Bucket {
-            rate: s.initial_rate,
-            burst: f64::from(s.burst.max(1)),
-            tat: 0.0,
-        },
+        bucket: Local::new(s.initial_rate, s.burst),
         gate: 0.0,
+        waited: false,
         pending: VecDeque::new(),
     };
     let mut clients: Vec<Client> = (0..cell.clients).map(|_| new_client()).collect();
@@ -350,14 +395,14 @@ pub fn run(cell: &Cell) -> Report {
         } else {
             for i in 0..active {
                 if t < clients[i].gate {
+                    clients[i].waited = true;
                     continue;
                 }
-                let gate = clients[i].gate;
-                if clients[i].bucket.tat < gate {
-                    clients[i].bucket.single_token(gate);
+                if clients[i].waited {
+                    clients[i].waited = false;
+                    clients[i].bucket.restart(t);
                 }
-                while clients[i].bucket.ready(t) {
-                    clients[i].bucket.take(t);
+                while clients[i].bucket.try_take(t) {
                     seq[i] += 1;
                     let n = seq[i];
                     clients[i].tuner.record_send(t, n);
@@ -370,7 +415,7 @@ pub fn run(cell: &Cell) -> Report {
             rates.push(if cell.fleet {
                 fleet.rate
             } else {
-                clients[0].bucket.rate
+                clients[0].bucket.bucket.rate()
             });
         }
         t += STEP;
