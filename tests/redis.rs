@@ -76,3 +76,17 @@ fn a_bad_url_is_a_configuration_error_that_names_the_key() {
     .unwrap_err();
     assert!(err.to_string().contains("redis.url"), "{err}");
 }
+
+/// A TLS URL (`rediss://`, as managed Redis services give) is accepted, and
+/// a TLS handshake against a plain-text server is an error, not a hang or a
+/// panic (the TLS stack is built in: rustls with the system's roots).
+#[tokio::test]
+async fn a_rediss_url_is_accepted_and_a_failed_handshake_is_an_error() {
+    let s = settings("rediss://:hunter2@127.0.0.1:6379/0");
+    let r = Redis::from_settings(&s.redis).unwrap().expect("a client");
+    let result = tokio::time::timeout(Duration::from_secs(10), r.ping())
+        .await
+        .expect("a TLS ping to a plain-text server must not hang");
+    let err = result.expect_err("a plain-text server cannot complete a TLS handshake");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
