@@ -92,6 +92,8 @@ struct Probe {
     refill: Option<f64>,
     /// `(sent at, remaining + sends)` while the bucket is not full.
     level: Samples,
+    /// `(sent at, remaining)`, beside `level`.
+    low: Samples,
     /// No probe step before this.
     next_step: f64,
 }
@@ -138,6 +140,9 @@ const JUMP: f64 = 0.3;
 const JUMP_TO: f64 = 0.6;
 /// Answers in a row with a full bucket that make it a [`Model::Bucket`].
 const FULL_STREAK: u32 = 6;
+/// A bucket's refill rate is measured only while `remaining` is at most
+/// this share of the limit.
+const DRAINED: f64 = 0.5;
 
 impl Tuner {
     pub fn new(s: &LimiterSettings) -> Self {
@@ -468,19 +473,30 @@ impl Tuner {
         let full = b.remaining >= limit - 1.5;
         if full {
             self.probe.level.clear();
+            self.probe.low.clear();
         } else {
             self.probe
                 .level
                 .push(b.at, b.remaining + self.counted(b.seq) as f64);
+            self.probe.low.push(b.at, b.remaining);
         }
-        // The refill rate: the slope of remaining + sends while not full.
+        // The refill rate: the slope of remaining + sends while not full,
+        // and only once the bucket has really drained (to `DRAINED` of its
+        // limit): a sliver spent from a large budget (a first-request
+        // window after a quiet spell looks like a full bucket) says nothing
+        // about a refill rate, and its slope is noise.
         let pts: Vec<(f64, f64)> = {
             let t0 = now - 1.0;
             let ts: Vec<f64> = self.probe.level.times_since(t0).collect();
             let vs: Vec<f64> = self.probe.level.since(t0).collect();
             ts.into_iter().zip(vs).collect()
         };
-        if pts.len() >= 5 && pts[pts.len() - 1].0 - pts[0].0 >= 0.25 {
+        let drained = self
+            .probe
+            .low
+            .since(now - 1.0)
+            .any(|r| r <= DRAINED * limit);
+        if drained && pts.len() >= 5 && pts[pts.len() - 1].0 - pts[0].0 >= 0.25 {
             let slope = regression(&pts);
             if slope.is_finite() && slope > 0.0 {
                 self.probe.refill = Some(slope);
@@ -599,3 +615,6 @@ fn regression(pts: &[(f64, f64)]) -> f64 {
     let sxx: f64 = pts.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
     if sxx <= 0.0 { f64::NAN } else { sxy / sxx }
 }
+
+#[cfg(test)]
+mod tests;
