@@ -14,18 +14,14 @@ use send_worker::secret::Secret;
 use send_worker::sim::SimConfig;
 use send_worker::store::Store;
 use send_worker::testkit::{
-    API_KEY, TestEnv, WorkerProcess, accepted_by_text, free_port, job_props, metric, redis_url,
-    sms, wait_for,
+    TestEnv, WorkerProcess, accepted_by_text, free_port, job_id_of, job_props, keyed_sim, metric,
+    redis_url, sms, wait_for,
 };
 
 const T: Duration = Duration::from_secs(180);
 
 fn sim() -> SimConfig {
-    SimConfig {
-        latency: Duration::from_millis(20),
-        api_key: Some(API_KEY.to_owned()),
-        ..SimConfig::default()
-    }
+    keyed_sim(20)
 }
 
 /// Settings for a fleet that shares Redis under a key prefix of its own.
@@ -56,11 +52,7 @@ fn jobs(tag: &str, n: usize) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
 /// Drain the DLQ into `dead` (job id → x-error-reason).
 async fn collect_dlq(env: &TestEnv, dead: &mut HashMap<String, String>) {
     for (p, _) in env.drain_dlq().await {
-        let id = p
-            .message_id()
-            .as_ref()
-            .map(|m| m.to_string())
-            .unwrap_or_default();
+        let id = job_id_of(&p);
         let reason = headers::get_string(&p, headers::ERROR_REASON).unwrap_or_default();
         assert!(
             dead.insert(id.clone(), reason).is_none(),

@@ -17,7 +17,7 @@ use send_worker::pipeline::{DeadReason, dead_letter_props};
 use send_worker::sim::{SimConfig, SimReply};
 use send_worker::telnyx::Failure;
 
-use send_worker::testkit::{TestEnv, job_props, sms, wait_for};
+use send_worker::testkit::{TestEnv, job_id_of, job_props, sms, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -79,13 +79,6 @@ fn line_with<'a>(out: &'a str, needle: &str) -> &'a str {
 
 fn reasons(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(r, n)| (r.to_string(), *n)).collect()
-}
-
-fn id_of(p: &BasicProperties) -> String {
-    p.message_id()
-        .as_ref()
-        .map(|m| m.to_string())
-        .unwrap_or_default()
 }
 
 /// Dead-letter entries the real way: a worker against the simulator.
@@ -333,10 +326,10 @@ async fn replay_by_reason_moves_only_those_with_attempts_reset() {
 
     // The copies: original body and properties, no verdict, no counters.
     let work = drain(&env, &env.settings.amqp.queue).await;
-    let ids: BTreeSet<String> = work.iter().map(|(p, _)| id_of(p)).collect();
+    let ids: BTreeSet<String> = work.iter().map(|(p, _)| job_id_of(p)).collect();
     assert_eq!(ids, BTreeSet::from(["inval-1".into(), "inval-2".into()]));
     for (p, body) in &work {
-        let n = if id_of(p) == "inval-1" { 1 } else { 2 };
+        let n = if job_id_of(p) == "inval-1" { 1 } else { 2 };
         assert_eq!(
             body,
             format!(r#"{{"from":"+15551234567","text":"no to {n}"}}"#).as_bytes()
@@ -363,7 +356,7 @@ async fn replay_by_reason_moves_only_those_with_attempts_reset() {
         .iter()
         .map(|(p, _)| {
             (
-                id_of(p),
+                job_id_of(p),
                 headers::get_string(p, headers::ERROR_REASON).unwrap_or_default(),
             )
         })
@@ -592,7 +585,7 @@ async fn a_large_replay_reports_progress_and_moves_each_entry_once() {
 
     let work = drain(&env, &env.settings.amqp.queue).await;
     assert_eq!(work.len(), 200, "each entry replayed exactly once");
-    let ids: BTreeSet<String> = work.iter().map(|(p, _)| id_of(p)).collect();
+    let ids: BTreeSet<String> = work.iter().map(|(p, _)| job_id_of(p)).collect();
     let want: BTreeSet<String> = (0..n)
         .filter(|i| i % 3 != 0)
         .map(|i| format!("l-{i}"))
@@ -609,7 +602,7 @@ async fn a_large_replay_reports_progress_and_moves_each_entry_once() {
     let work = drain(&env, &env.settings.amqp.queue).await;
     assert_eq!(work.len(), 100);
     assert!(work.iter().all(|(p, _)| {
-        id_of(p)
+        job_id_of(p)
             .trim_start_matches("l-")
             .parse::<u32>()
             .is_ok_and(|i| i % 3 == 0)

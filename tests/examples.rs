@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use lapin::options::{BasicGetOptions, BasicQosOptions};
 use lapin::types::ShortString;
 use send_worker::amqp::headers;
-use send_worker::testkit::{TestEnv, wait_for};
+use send_worker::testkit::{Run, TestEnv, wait_for};
 
 use common::{
     assert_safe_properties, delete_queue, env, event_job_ids, message_id, refusing_queue,
@@ -70,22 +70,6 @@ impl Example {
     }
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Run `example` against `env`'s exchange with `routing_key`, sending to `numbers`.
 async fn run(
     example: Example,
@@ -107,11 +91,7 @@ async fn run(
         .await
         .expect("the example finishes")
         .expect("the example runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
 }
 
 /// The job ids an example says it published, with their numbers.

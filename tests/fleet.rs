@@ -10,18 +10,16 @@ use send_worker::config::{LimiterBackend, Settings};
 use send_worker::secret::Secret;
 use send_worker::sim::{SimConfig, SimRequest};
 use send_worker::testkit::{
-    API_KEY, TestEnv, WorkerProcess, job_props, metric, most_in_any, redis_url, wait_for,
+    TestEnv, WorkerProcess, job_props, keyed_sim, metric, most_in_any, redis_url, wait_for,
 };
 
 const T: Duration = Duration::from_secs(180);
 
 fn sim() -> SimConfig {
     SimConfig {
-        latency: Duration::from_millis(20),
-        api_key: Some(API_KEY.to_owned()),
         // A generous API limit: pacing, not the API budget, is under test.
         limit: 2_000,
-        ..SimConfig::default()
+        ..keyed_sim(20)
     }
 }
 

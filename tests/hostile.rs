@@ -19,17 +19,14 @@ use lapin::types::{AMQPValue, ByteArray, FieldArray, FieldTable, LongString, Sho
 use send_worker::amqp::headers;
 use send_worker::sim::{SimConfig, SimReply};
 use send_worker::testkit::{
-    API_KEY, TestEnv, WorkerProcess, accepted_by_text, job_props, metric, sms, unacked, wait_for,
+    TestEnv, WorkerProcess, accepted_by_text, job_id_of, job_props, keyed_sim, metric, sms,
+    unacked, wait_for,
 };
 
 const T: Duration = Duration::from_secs(120);
 
 fn sim() -> SimConfig {
-    SimConfig {
-        latency: Duration::from_millis(10),
-        api_key: Some(API_KEY.to_owned()),
-        ..SimConfig::default()
-    }
+    keyed_sim(10)
 }
 
 /// The header that names a hostile case; it survives into the DLQ entry.
@@ -288,13 +285,7 @@ async fn hostile_jobs_and_absurd_retry_afters_stall_loop_and_lose_nothing() {
                 Some(case) => {
                     dead.insert(case, x_reason(&p));
                 }
-                None => dead_ids.push((
-                    p.message_id()
-                        .as_ref()
-                        .map(|m| m.to_string())
-                        .unwrap_or_default(),
-                    x_reason(&p),
-                )),
+                None => dead_ids.push((job_id_of(&p), x_reason(&p))),
             }
         }
         let done_503 = dead_ids.iter().any(|(id, _)| id == "retry-after-503");
@@ -426,11 +417,7 @@ async fn collect_dead(
     let mut dead = HashMap::new();
     while dead.len() < ids.len() {
         for (p, _) in env.drain_dlq().await {
-            let id = p
-                .message_id()
-                .as_ref()
-                .map(|m| m.to_string())
-                .unwrap_or_default();
+            let id = job_id_of(&p);
             assert!(
                 ids.contains(&id),
                 "unexpected dead letter {id}: {:?}",

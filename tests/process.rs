@@ -14,21 +14,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 use send_worker::amqp::headers;
-use send_worker::sim::{SimConfig, SimControl};
+use send_worker::sim::SimControl;
 use send_worker::testkit::{
-    API_KEY, TestEnv, WorkerProcess, accepted_by_text, job_props, metric, sms, text_of, wait_for,
+    API_KEY, TestEnv, WorkerProcess, accepted_by_text, job_props, keyed_sim, metric, sms, text_of,
+    wait_for,
 };
 
 const T: Duration = Duration::from_secs(60);
-
-/// A simulator with `latency_ms` per request that checks the API key.
-fn sim(latency_ms: u64) -> SimConfig {
-    SimConfig {
-        latency: Duration::from_millis(latency_ms),
-        api_key: Some(API_KEY.to_owned()),
-        ..SimConfig::default()
-    }
-}
 
 /// Valid SMS jobs `tag`-i for i in `range`, with texts "`tag` i"; returns the texts.
 async fn publish_jobs(env: &TestEnv, tag: &str, range: std::ops::Range<usize>) -> Vec<String> {
@@ -83,7 +75,7 @@ fn grace(env: &TestEnv) -> Duration {
 async fn kill_9_under_load_then_restart_loses_nothing() {
     const N: usize = 500;
     const PREFETCH: u16 = 20;
-    let env = TestEnv::new("kill9", sim(50), |s| s.amqp.prefetch = PREFETCH).await;
+    let env = TestEnv::new("kill9", keyed_sim(50), |s| s.amqp.prefetch = PREFETCH).await;
     let texts = publish_jobs(&env, "kill9", 0..N).await;
 
     let mut first = WorkerProcess::spawn("first", &env.settings, &[]);
@@ -135,7 +127,7 @@ async fn sigterm_under_load_drains_and_exits_0() {
     // Answers take 1 s, so the jobs move in waves of about a prefetch: the
     // signal lands while a wave is in flight, and its answers (and acks)
     // arrive together during the drain, just before the channel closes.
-    let env = TestEnv::new("sigterm", sim(1_000), |s| {
+    let env = TestEnv::new("sigterm", keyed_sim(1_000), |s| {
         s.amqp.prefetch = PREFETCH;
         s.amqp.events_exchange = String::new();
         s.limiter.initial_rate = 5_000.0;
@@ -227,7 +219,10 @@ async fn a_second_signal_exits_130_and_a_restart_sends_everything() {
     const PREFETCH: u16 = 20;
     // Slow answers, so the drain after the first signal is still running
     // when the second arrives.
-    let env = TestEnv::new("twosignals", sim(3_000), |s| s.amqp.prefetch = PREFETCH).await;
+    let env = TestEnv::new("twosignals", keyed_sim(3_000), |s| {
+        s.amqp.prefetch = PREFETCH
+    })
+    .await;
     let texts = publish_jobs(&env, "twice", 0..N).await;
 
     let mut w = WorkerProcess::spawn("two-signals", &env.settings, &[]);
@@ -283,7 +278,7 @@ async fn a_30s_outage_dead_letters_nothing() {
     // Retries are realistic enough that without the breaker every job would
     // exhaust its 5 attempts well inside the outage: 4 waits of at most
     // 0.75 + 1.5 + 3 + 4 s.
-    let env = TestEnv::new("outage", sim(100), |s| {
+    let env = TestEnv::new("outage", keyed_sim(100), |s| {
         s.amqp.prefetch = PREFETCH;
         s.retry.base_ms = 500;
         s.retry.cap_ms = 4_000;
@@ -421,7 +416,7 @@ async fn a_30s_outage_dead_letters_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_halts_then_resumes_without_dead_letters() {
     const N: usize = 300;
-    let env = TestEnv::new("revoked", sim(50), |s| {
+    let env = TestEnv::new("revoked", keyed_sim(50), |s| {
         s.amqp.prefetch = 20;
         s.worker.halt_probe_secs = 1;
     })
@@ -556,7 +551,7 @@ fn x_death_reason(p: &BasicProperties) -> Option<String> {
 /// jobs within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_halt_dead_letters_nothing() {
-    let env = TestEnv::new("longhalt", sim(20), |s| {
+    let env = TestEnv::new("longhalt", keyed_sim(20), |s| {
         s.amqp.prefetch = 2;
         s.amqp.delivery_limit = 3;
         s.worker.halt_probe_secs = 1;
@@ -625,7 +620,7 @@ fn with_expiry(id: &str, v: AMQPValue) -> BasicProperties {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_jobs_are_dead_lettered_and_never_sent() {
-    let env = TestEnv::new("expired", sim(20), |s| s.worker.max_age_secs = 60).await;
+    let env = TestEnv::new("expired", keyed_sim(20), |s| s.worker.max_age_secs = 60).await;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -754,7 +749,7 @@ async fn expired_jobs_are_dead_lettered_and_never_sent() {
 async fn ops_endpoints_report_and_never_leak_the_key() {
     const N: usize = 20;
     // Debug logs from every crate: the widest net for a leaked key.
-    let env = TestEnv::new("ops", sim(20), |s| s.log.level = "debug".into()).await;
+    let env = TestEnv::new("ops", keyed_sim(20), |s| s.log.level = "debug".into()).await;
     let texts = publish_jobs(&env, "ops", 0..N).await;
     env.publish("ops-permanent", &sms("+19990000403", "ops permanent"))
         .await;

@@ -11,34 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, BasicNackOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::options::BasicGetOptions;
+use lapin::types::ShortString;
 use send_worker::amqp::headers;
 use send_worker::cli::publish::ID_NAMESPACE;
 use send_worker::config::Settings;
-use send_worker::testkit::{ConfigFile, accepted_by_text, bin, wait_for};
+use send_worker::testkit::{ConfigFile, Run, accepted_by_text, bin, give_back, wait_for};
 use tokio::io::AsyncWriteExt;
 
-use common::{delete_queue, env, event_job_ids, sent_events_queue};
+use common::{capped_queue, delete_queue, env, event_job_ids, sent_events_queue};
 
 const T: Duration = Duration::from_secs(60);
-
-/// What a `publish` run printed, and its exit status.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
 
 /// `send-worker --config <settings> publish <args>` in `dir`, with `stdin`.
 async fn publish_in(dir: &Path, settings: &Settings, args: &[&str], stdin: &[u8]) -> Run {
@@ -65,11 +48,7 @@ async fn publish_in(dir: &Path, settings: &Settings, args: &[&str], stdin: &[u8]
         .await
         .expect("publish finishes")
         .expect("publish runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
 }
 
 async fn publish(dir: &Path, settings: &Settings, args: &[&str]) -> Run {
@@ -415,31 +394,7 @@ async fn unroutable_and_nacked_publishes_are_rejected_with_their_line_numbers() 
 
     // A queue that holds 3 and refuses more (x-overflow reject-publish): the
     // broker nacks lines 4 to 6. A window of 1 keeps the order.
-    let small = format!("{}.small", env.prefix);
-    let mut args = FieldTable::default();
-    args.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(3));
-    args.insert(
-        ShortString::from("x-overflow"),
-        AMQPValue::LongString(LongString::from(&b"reject-publish"[..])),
-    );
-    env.ch
-        .queue_declare(
-            ShortString::from(small.as_str()),
-            QueueDeclareOptions::default(),
-            args,
-        )
-        .await
-        .expect("declare");
-    env.ch
-        .queue_bind(
-            ShortString::from(small.as_str()),
-            ShortString::from(env.settings.amqp.exchange.as_str()),
-            ShortString::from("small"),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    let small = capped_queue(&env, "small", 3).await;
     let run = publish(
         &dir,
         &env.settings,
@@ -589,14 +544,7 @@ async fn a_job_from_flags_has_the_properties_of_a_safe_publish() {
     assert_eq!(body.len(), 3);
 
     // Back to the queue, and the worker sends it.
-    m.delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        })
-        .await
-        .expect("nack");
+    give_back(&m.delivery).await;
     let w = env.start();
     wait_for("the job sent", T, || async {
         env.sim.stats().accepted >= 1

@@ -2,12 +2,12 @@
 //! process. Bounded: at most `dedupe.memory_max_entries` jobs (the oldest are
 //! forgotten first), each for at most `dedupe.ttl_secs`.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::bounded::Bounded;
 use super::{Begin, Delivery, JobRecord, JobState, Sent, now_ms};
 
 #[derive(Debug, Clone)]
@@ -15,29 +15,27 @@ struct Entry {
     record: JobRecord,
     owner: Option<String>,
     lease_until: Option<Instant>,
-    expires: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
-    jobs: HashMap<String, Entry>,
-    /// Insertion order, for eviction (may name jobs already gone).
-    order: VecDeque<String>,
-    messages: HashMap<String, (String, Instant)>,
-    message_order: VecDeque<String>,
+    jobs: Bounded<Entry>,
+    /// Telnyx message id -> job id.
+    messages: Bounded<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
-    max: usize,
     inner: Arc<Mutex<Inner>>,
 }
 
 impl MemoryStore {
     pub fn new(max_entries: usize) -> Self {
         Self {
-            max: max_entries.max(1),
-            inner: Arc::new(Mutex::new(Inner::default())),
+            inner: Arc::new(Mutex::new(Inner {
+                jobs: Bounded::new(max_entries),
+                messages: Bounded::new(max_entries),
+            })),
         }
     }
 
@@ -56,30 +54,7 @@ impl MemoryStore {
 
     /// The live entry for `id` (expired ones are dropped on the way).
     fn live<'a>(inner: &'a mut Inner, id: &str, now: Instant) -> Option<&'a mut Entry> {
-        if inner.jobs.get(id).is_some_and(|e| e.expires <= now) {
-            inner.jobs.remove(id);
-        }
-        inner.jobs.get_mut(id)
-    }
-
-    fn insert(&self, inner: &mut Inner, id: &str, entry: Entry) {
-        if inner.jobs.insert(id.to_owned(), entry).is_none() {
-            inner.order.push_back(id.to_owned());
-        }
-        while inner.jobs.len() > self.max {
-            match inner.order.pop_front() {
-                Some(old) => {
-                    inner.jobs.remove(&old);
-                }
-                None => break,
-            }
-        }
-        // The order queue may hold names of jobs removed since; keep it from
-        // growing without bound.
-        if inner.order.len() > 2 * self.max {
-            let jobs = &inner.jobs;
-            inner.order.retain(|k| jobs.contains_key(k));
-        }
+        inner.jobs.get_mut(id, now)
     }
 
     pub fn begin(&self, id: &str, owner: &str, lease: Duration, ttl: Duration) -> Begin {
@@ -104,16 +79,7 @@ impl MemoryStore {
         };
         let mut record = match Self::live(&mut inner, id, now) {
             Some(e) => e.record.clone(),
-            None => JobRecord {
-                job_id: id.to_owned(),
-                state: JobState::Leased,
-                attempts: 0,
-                unknowns: 0,
-                sent: None,
-                dead_reason: None,
-                dead_at_ms: None,
-                delivery: None,
-            },
+            None => JobRecord::new(id, JobState::Leased),
         };
         record.state = JobState::Leased;
         if unknown {
@@ -123,9 +89,8 @@ impl MemoryStore {
             record,
             owner: Some(owner.to_owned()),
             lease_until: Some(now + lease),
-            expires: now + ttl,
         };
-        self.insert(&mut inner, id, entry);
+        inner.jobs.insert(id, entry, now + ttl);
         if unknown {
             Begin::Unknown { attempts }
         } else {
@@ -138,45 +103,21 @@ impl MemoryStore {
         let mut inner = self.lock();
         let mut record = match Self::live(&mut inner, id, now) {
             Some(e) => e.record.clone(),
-            None => JobRecord {
-                job_id: id.to_owned(),
-                state: JobState::Sent,
-                attempts: 0,
-                unknowns: 0,
-                sent: None,
-                dead_reason: None,
-                dead_at_ms: None,
-                delivery: None,
-            },
+            None => JobRecord::new(id, JobState::Sent),
         };
         record.state = JobState::Sent;
         record.sent = Some(sent.clone());
-        self.insert(
-            &mut inner,
+        inner.jobs.insert(
             id,
             Entry {
                 record,
                 owner: None,
                 lease_until: None,
-                expires: now + ttl,
             },
+            now + ttl,
         );
         if let Some(m) = &sent.message_id {
-            if inner
-                .messages
-                .insert(m.clone(), (id.to_owned(), now + ttl))
-                .is_none()
-            {
-                inner.message_order.push_back(m.clone());
-            }
-            while inner.messages.len() > self.max {
-                match inner.message_order.pop_front() {
-                    Some(old) => {
-                        inner.messages.remove(&old);
-                    }
-                    None => break,
-                }
-            }
+            inner.messages.insert(m, id.to_owned(), now + ttl);
         }
     }
 
@@ -194,7 +135,7 @@ impl MemoryStore {
             }
             e.owner = None;
             e.lease_until = None;
-            e.expires = now + ttl;
+            inner.jobs.set_expiry(id, now + ttl);
         }
     }
 
@@ -204,29 +145,19 @@ impl MemoryStore {
         let mut record = match Self::live(&mut inner, id, now) {
             Some(e) if e.record.state == JobState::Sent => return,
             Some(e) => e.record.clone(),
-            None => JobRecord {
-                job_id: id.to_owned(),
-                state: JobState::DeadLettered,
-                attempts: 0,
-                unknowns: 0,
-                sent: None,
-                dead_reason: None,
-                dead_at_ms: None,
-                delivery: None,
-            },
+            None => JobRecord::new(id, JobState::DeadLettered),
         };
         record.state = JobState::DeadLettered;
         record.dead_reason = Some(reason.to_owned());
         record.dead_at_ms = Some(now_ms());
-        self.insert(
-            &mut inner,
+        inner.jobs.insert(
             id,
             Entry {
                 record,
                 owner: None,
                 lease_until: None,
-                expires: now + ttl,
             },
+            now + ttl,
         );
     }
 
@@ -239,14 +170,7 @@ impl MemoryStore {
     pub fn job_for_message(&self, message_id: &str) -> Option<String> {
         let now = Instant::now();
         let mut inner = self.lock();
-        match inner.messages.get(message_id) {
-            Some((_, exp)) if *exp <= now => {
-                inner.messages.remove(message_id);
-                None
-            }
-            Some((job, _)) => Some(job.clone()),
-            None => None,
-        }
+        inner.messages.get_mut(message_id, now).cloned()
     }
 
     pub fn record_delivery(&self, id: &str, delivery: &Delivery) {

@@ -20,6 +20,7 @@
 //! again or dead-lettered as `dedupe.on_unknown` says (README, "Duplicate
 //! suppression").
 
+mod bounded;
 mod memory;
 mod redis;
 
@@ -117,6 +118,22 @@ pub struct JobRecord {
     pub dead_reason: Option<String>,
     pub dead_at_ms: Option<u64>,
     pub delivery: Option<Delivery>,
+}
+
+impl JobRecord {
+    /// A record of job `id` in `state` that knows nothing else yet.
+    pub fn new(id: &str, state: JobState) -> Self {
+        Self {
+            job_id: id.to_owned(),
+            state,
+            attempts: 0,
+            unknowns: 0,
+            sent: None,
+            dead_reason: None,
+            dead_at_ms: None,
+            delivery: None,
+        }
+    }
 }
 
 /// The store, with the backend `dedupe.backend` chose. Cheap to clone.

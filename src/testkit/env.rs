@@ -27,6 +27,18 @@ impl DerefMut for TestEnv {
     }
 }
 
+/// Give a delivery back to its queue (nack, requeue).
+pub async fn give_back(delivery: &lapin::message::Delivery) {
+    delivery
+        .acker
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+        .expect("nack");
+}
+
 /// The settings tests start from: the shipped defaults, with fast retries, a
 /// short drain, account pacing off and a generous first rate.
 pub fn test_settings() -> Settings {
@@ -112,7 +124,7 @@ impl TestEnv {
     /// Take one ready message of `queue` and give it back (nack, requeue),
     /// as a worker crash would: a redelivery. False if none was ready.
     pub async fn redeliver_one(&self, queue: &str) -> bool {
-        use lapin::options::{BasicGetOptions, BasicNackOptions};
+        use lapin::options::BasicGetOptions;
         let Some(m) = self
             .ch
             .basic_get(queue.into(), BasicGetOptions::default())
@@ -121,14 +133,7 @@ impl TestEnv {
         else {
             return false;
         };
-        m.delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await
-            .expect("nack");
+        give_back(&m.delivery).await;
         true
     }
 

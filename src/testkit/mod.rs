@@ -13,8 +13,8 @@ mod process;
 mod sandbox;
 
 pub use env::TestEnv;
-pub use env::test_settings;
-pub use process::{ConfigFile, WorkerProcess, bin, free_port};
+pub use env::{give_back, test_settings};
+pub use process::{ConfigFile, Run, WorkerProcess, bin, free_port};
 pub use sandbox::{RunningWorker, Sandbox};
 
 use std::future::Future;
@@ -26,6 +26,16 @@ use crate::sim::SimHandle;
 
 /// The bearer token the sandbox's simulator accepts.
 pub const API_KEY: &str = "test-key-0123456789";
+
+/// A simulator answering after `latency_ms` that accepts only [`API_KEY`]
+/// (any other key gets 401 / 10009, as Telnyx answers a revoked one).
+pub fn keyed_sim(latency_ms: u64) -> crate::sim::SimConfig {
+    crate::sim::SimConfig {
+        latency: Duration::from_millis(latency_ms),
+        api_key: Some(API_KEY.to_owned()),
+        ..crate::sim::SimConfig::default()
+    }
+}
 
 /// Why the kit could not do something (the demo and the benchmarks report
 /// it; tests panic with it).
@@ -77,6 +87,14 @@ pub fn sms(to: &str, text: &str) -> Vec<u8> {
     serde_json::json!({"from": "+15551234567", "to": to, "text": text})
         .to_string()
         .into_bytes()
+}
+
+/// A message's `message_id` (the job id), or "" when it has none.
+pub fn job_id_of(p: &BasicProperties) -> String {
+    p.message_id()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_default()
 }
 
 /// The properties of a well-formed job with id `id`, published now.

@@ -7,6 +7,35 @@ use std::time::{Duration, Instant};
 
 use crate::config::{LogFormat, Settings};
 
+/// What a finished command printed, and its exit status (-1: killed by a
+/// signal); displayed whole, for assertion messages.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
 /// The `send-worker` binary to run: `$SEND_WORKER_BIN`, else the one Cargo
 /// built beside the running test or benchmark (`target/<profile>/`; Cargo
 /// builds a package's binaries for its integration tests and benchmarks).

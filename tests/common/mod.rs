@@ -55,9 +55,19 @@ pub async fn sent_events_queue(env: &TestEnv) -> String {
 /// A queue bound to the work exchange with `routing_key` that holds no
 /// message: the broker nacks every publish to it (x-overflow reject-publish).
 pub async fn refusing_queue(env: &TestEnv, routing_key: &str) -> String {
+    capped_queue(env, routing_key, 0).await
+}
+
+/// A queue bound to the work exchange with `routing_key` that holds
+/// `max_length` messages; the broker nacks every publish past that
+/// (x-overflow reject-publish).
+pub async fn capped_queue(env: &TestEnv, routing_key: &str, max_length: i64) -> String {
     let name = format!("{}.{routing_key}", env.prefix);
     let mut args = FieldTable::default();
-    args.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(0));
+    args.insert(
+        ShortString::from("x-max-length"),
+        AMQPValue::LongLongInt(max_length),
+    );
     args.insert(
         ShortString::from("x-overflow"),
         AMQPValue::LongString(LongString::from(&b"reject-publish"[..])),

@@ -22,9 +22,7 @@ pub(super) async fn list(
     let (mut scan, mut report) = Scan::start(conn, queue).await?;
     let now = SystemTime::now();
     let mut header = false;
-    while let Some((_delivery, entry)) = scan.next().await? {
-        report.scanned += 1;
-        *report.by_reason.entry(entry.reason.clone()).or_default() += 1;
+    while let Some((_delivery, entry)) = scan.next_counted(&mut report).await? {
         if filter.matches(&entry, now) {
             report.matched += 1;
             if filter.under_limit(report.shown) {

@@ -99,6 +99,19 @@ impl Scan {
         Ok(got.map(|m| m.delivery))
     }
 
+    /// [`Scan::next`], counted in `report` (scanned, and by reason).
+    pub(super) async fn next_counted(
+        &mut self,
+        report: &mut Report,
+    ) -> Result<Option<(Delivery, Entry)>, DlqError> {
+        let next = self.next().await?;
+        if let Some((_, entry)) = &next {
+            report.scanned += 1;
+            *report.by_reason.entry(entry.reason.clone()).or_default() += 1;
+        }
+        Ok(next)
+    }
+
     /// The next entry, unacked; `None` once as many entries as the queue
     /// held at the start have been seen, or the queue has no more ready.
     pub(super) async fn next(&mut self) -> Result<Option<(Delivery, Entry)>, DlqError> {
@@ -245,11 +258,9 @@ pub(super) async fn sweep(
     let now = SystemTime::now();
     let mut header = false;
     while filter.under_limit(report.matched) {
-        let Some((delivery, entry)) = scan.next().await? else {
+        let Some((delivery, entry)) = scan.next_counted(report).await? else {
             break;
         };
-        report.scanned += 1;
-        *report.by_reason.entry(entry.reason.clone()).or_default() += 1;
         if !filter.matches(&entry, now) {
             report.skipped += 1;
         } else {

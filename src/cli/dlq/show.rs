@@ -21,9 +21,7 @@ pub(super) async fn show(
     let (mut scan, mut report) = Scan::start(conn, queue).await?;
     let now = SystemTime::now();
     let mut found = Vec::new();
-    while let Some((delivery, entry)) = scan.next().await? {
-        report.scanned += 1;
-        *report.by_reason.entry(entry.reason.clone()).or_default() += 1;
+    while let Some((delivery, entry)) = scan.next_counted(&mut report).await? {
         if entry.job_id.as_deref() == Some(job_id) {
             report.matched += 1;
             found.push((delivery.properties, delivery.data, delivery.redelivered));
