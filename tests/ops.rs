@@ -97,6 +97,16 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
     assert_eq!(code, Some(0), "probe exits 0 on 200: {text}");
     assert!(text.contains("\"ready\":true"), "{text}");
 
+    // The simulator counts a send when it arrives; the worker settles it
+    // after the answer: wait for the worker's own count. Idle from here on,
+    // so no job's store call overwrites the states set below.
+    wait_for("2 sends settled", Duration::from_secs(20), || async {
+        get("/metrics")
+            .await
+            .1
+            .contains(r#"send_worker_outcomes_total{reason="ok",result="sent"} 2"#)
+    })
+    .await;
     // Telnyx's health is not the pod's readiness: an open circuit and a
     // 429 pause leave /readyz at 200 and show in the body. A job store
     // that cannot be used makes the pod unready, with the reason.
@@ -126,15 +136,6 @@ async fn a_running_worker_serves_health_readiness_and_every_contracted_metric() 
     assert_eq!(probe(&readyz).await.0, Some(1));
     worker.state.set_store_unavailable(None);
     assert_eq!(get("/readyz").await.0, 200);
-    // The simulator counts a send when it arrives; the worker settles it
-    // after the answer: wait for the worker's own count.
-    wait_for("2 sends settled", Duration::from_secs(20), || async {
-        get("/metrics")
-            .await
-            .1
-            .contains(r#"send_worker_outcomes_total{reason="ok",result="sent"} 2"#)
-    })
-    .await;
 
     let (status, text) = get("/metrics").await;
     assert_eq!(status, 200);
