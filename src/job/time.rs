@@ -56,6 +56,16 @@ pub fn rfc3339(t: SystemTime) -> String {
     }
 }
 
+/// An RFC 3339 time with `Z`, no zone (UTC) or a `±hh:mm` offset (as
+/// Telnyx writes `occurred_at`), if it is one.
+pub fn parse_rfc3339(raw: &str) -> Option<SystemTime> {
+    let raw = raw.trim();
+    humantime::parse_rfc3339_weak(raw)
+        .ok()
+        .or_else(|| super::deadline::parse_rfc3339_offset(raw))
+        .and_then(within)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
