@@ -16,9 +16,7 @@ use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use send_worker::amqp::{Topology, headers};
 use send_worker::config::Settings;
-use send_worker::contract::{
-    DeadLetterHeaders, DeliveryEventKind, EventKind, JobHeaders, schemas,
-};
+use send_worker::contract::{DeadLetterHeaders, DeliveryEventKind, EventKind, JobHeaders, schemas};
 use send_worker::job::Job;
 use send_worker::pipeline::{DeadReason, dead_letter_props};
 use send_worker::retry::Backoff;
