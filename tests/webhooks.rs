@@ -335,12 +335,16 @@ async fn delivery_receipts_are_published_once_with_the_job_id_and_status_shows_t
     assert_eq!(got[2].2["status"], "delivery_failed");
     assert_eq!(got[2].2["code"], "40008");
 
-    let record = store
-        .lookup("wh-delivered")
-        .await
-        .expect("store")
-        .expect("known");
-    assert_eq!(record.delivery.expect("a receipt").status, "delivered");
+    // Receipts are recorded after the publish, within the answer's budget or
+    // just after it (they never hold the answer back).
+    wait_for("both receipts recorded", T, || async {
+        let status_of =
+            |r: Option<send_worker::store::JobRecord>| r.and_then(|r| r.delivery).map(|d| d.status);
+        status_of(store.lookup("wh-delivered").await.ok().flatten()).as_deref() == Some("delivered")
+            && status_of(store.lookup("wh-failed").await.ok().flatten()).as_deref()
+                == Some("delivery_failed")
+    })
+    .await;
 
     let text = metrics.render();
     let m = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels).unwrap_or(-1.0);
@@ -388,6 +392,12 @@ async fn delivery_receipts_are_published_once_with_the_job_id_and_status_shows_t
     let v: Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(v["status"], "delivered");
     assert_eq!(v["record"]["sent"]["message_id"], delivered_mid.as_str());
+    // A memory store lives inside each worker: status says it cannot read it.
+    let mut memory = env.settings.clone();
+    memory.dedupe.backend = DedupeBackend::Memory;
+    let (code, out) = status(&memory, &["wh-delivered"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("dedupe.backend = \"redis\""), "{out}");
 
     stop.cancel();
     w.stop().await;

@@ -54,7 +54,7 @@ impl ReceiptMetrics {
         );
         let rejections = vec(
             "webhook_rejections_total",
-            "Webhooks rejected (4xx), by cause: headers, stale, signature, too_large, malformed.",
+            "Webhooks rejected (400), by cause: headers, stale, signature, too_large, malformed (or not received in time).",
             &["cause"],
         );
         let seconds = Histogram::with_opts(

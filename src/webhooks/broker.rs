@@ -31,6 +31,9 @@ pub struct Link {
     url: Secret,
     exchange: String,
     declare: bool,
+    /// The longest a publish may wait for its confirm (each call is also
+    /// bounded by its own deadline).
+    confirm_within: Duration,
     open: Mutex<Option<(Connection, Publisher)>>,
 }
 
@@ -46,11 +49,12 @@ impl Link {
     /// Publishes to `exchange` on the broker at `url`; with `declare`, the
     /// exchange is declared (durable topic, as the worker declares it) on
     /// connecting, so a standalone intake works on a fresh broker.
-    pub fn new(url: Secret, exchange: String, declare: bool) -> Self {
+    pub fn new(url: Secret, exchange: String, declare: bool, confirm_within: Duration) -> Self {
         Self {
             url,
             exchange,
             declare,
+            confirm_within,
             open: Mutex::new(None),
         }
     }
@@ -68,8 +72,7 @@ impl Link {
         *open = None;
         let connect = async {
             let conn = amqp::connect(&self.url, "send-worker-webhooks").await?;
-            let timeout = deadline.saturating_duration_since(Instant::now());
-            let p = Publisher::new(&conn, timeout.max(Duration::from_millis(1))).await?;
+            let p = Publisher::new(&conn, self.confirm_within).await?;
             if self.declare {
                 p.channel()
                     .exchange_declare(

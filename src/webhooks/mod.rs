@@ -33,12 +33,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use lapin::BasicProperties;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::{ConfigError, Settings, invalid};
 use crate::contract::{DeliveryEvent, DeliveryEventKind};
 use crate::ops::metrics::Metrics;
-use crate::store::{Delivery, JobRecord, Store, now_ms};
+use crate::store::{Delivery, JobRecord, Store, StoreError, now_ms};
 use broker::Link;
 use event::{Notice, Parsed};
 use seen::{Claim, Seen};
@@ -96,7 +96,12 @@ impl Intake {
                     Duration::from_secs(w.dedupe_ttl_secs),
                     w.memory_max_entries,
                 ),
-                link: Link::new(a.url.clone(), a.events_exchange.clone(), a.declare_topology),
+                link: Link::new(
+                    a.url.clone(),
+                    a.events_exchange.clone(),
+                    a.declare_topology,
+                    Duration::from_millis(w.answer_within_ms),
+                ),
                 store,
                 metrics,
                 max_body: w.max_body_bytes,
@@ -119,17 +124,9 @@ impl Intake {
 }
 
 async fn telnyx(State(intake): State<Intake>, req: Request) -> Response {
-    let started = Instant::now();
-    let deadline = started + intake.inner.budget;
+    let deadline = Instant::now() + intake.inner.budget;
     let (parts, body) = req.into_parts();
-    // A safety net only: every step below is bounded by `deadline` itself.
-    let answer = tokio::time::timeout_at(
-        deadline + Duration::from_millis(200),
-        intake.handle(&parts.headers, body, deadline),
-    )
-    .await
-    .unwrap_or(Answer::Unavailable);
-    match answer {
+    match intake.handle(&parts.headers, body, deadline).await {
         Answer::Ok => (StatusCode::OK, "ok\n").into_response(),
         Answer::Rejected(cause) => {
             intake
@@ -146,6 +143,11 @@ async fn telnyx(State(intake): State<Intake>, req: Request) -> Response {
     }
 }
 
+/// How long a failed request waits for its claim to be dropped (past the
+/// budget: a 503 that leaves the claim would make Telnyx's retry wait for
+/// it to run out).
+const RELEASE_WAIT: Duration = Duration::from_millis(300);
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -155,9 +157,13 @@ fn now_secs() -> u64 {
 impl Intake {
     async fn handle(&self, headers: &HeaderMap, body: Body, deadline: Instant) -> Answer {
         let i = &self.inner;
-        let Ok(body) = axum::body::to_bytes(body, i.max_body).await else {
-            return Answer::Rejected("too_large");
-        };
+        let body =
+            match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, i.max_body)).await {
+                Ok(Ok(body)) => body,
+                Ok(Err(_)) => return Answer::Rejected("too_large"),
+                // Not received within the budget (a client that stalls).
+                Err(_) => return Answer::Rejected("malformed"),
+            };
         let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
         if let Err(r) = i.verifier.verify(
             header(signature::TIMESTAMP_HEADER),
@@ -181,7 +187,12 @@ impl Intake {
             }
         };
         let kind = notice.kind.routing_key();
-        let token = match i.seen.claim(&notice.event_id).await {
+        let claim = tokio::time::timeout_at(deadline, i.seen.claim(&notice.event_id));
+        let token = match claim.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "no answer within webhooks.answer_within_ms".into(),
+            ))
+        }) {
             Ok(Claim::Fresh(token)) => token,
             Ok(Claim::Done) => {
                 self.count(kind, "duplicate");
@@ -199,20 +210,29 @@ impl Intake {
         };
         match self.publish(&notice, deadline).await {
             Ok((job_id, record)) => {
-                if let Err(e) = i.seen.done(&notice.event_id).await {
-                    warn!(error = %e, event_id = %notice.event_id,
-                        "webhook published but not marked; a retry may publish it again");
-                }
                 self.count(kind, "published");
-                self.after(&notice, job_id.as_deref(), record.as_ref())
-                    .await;
+                // Published: the answer is 200 whatever follows. Marking the
+                // id and recording the receipt get the rest of the budget and
+                // finish in the background if they need longer (until then,
+                // a retry finds the claim and is asked to come back).
+                let me = self.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = me.inner.seen.done(&notice.event_id).await {
+                        warn!(error = %e, event_id = %notice.event_id,
+                            "webhook published but not marked; a retry after the claim runs out publishes it again");
+                    }
+                    me.after(&notice, job_id.as_deref(), record.as_ref()).await;
+                });
+                let _ = tokio::time::timeout_at(deadline, task).await;
                 Answer::Ok
             }
             Err(why) => {
                 warn!(event_id = %notice.event_id, event = kind, %why,
                     "webhook not published; answering 503 so that Telnyx retries");
-                if let Err(e) = i.seen.release(&notice.event_id, &token).await {
-                    warn!(error = %e, "webhook claim not released; it runs out by itself");
+                let release = i.seen.release(&notice.event_id, &token);
+                match tokio::time::timeout(RELEASE_WAIT, release).await {
+                    Ok(Ok(())) => {}
+                    _ => warn!("webhook claim not released; it runs out by itself"),
                 }
                 self.count(kind, "unavailable");
                 Answer::Unavailable
@@ -237,16 +257,21 @@ impl Intake {
         deadline: Instant,
     ) -> Result<(Option<String>, Option<JobRecord>), String> {
         let i = &self.inner;
+        let late = || "the job store did not answer within webhooks.answer_within_ms".to_owned();
         let job_id = match (&n.message_id, n.kind) {
             (_, DeliveryEventKind::Received) | (None, _) => None,
-            (Some(mid), _) => i
-                .store
-                .job_for_message(mid)
+            (Some(mid), _) => tokio::time::timeout_at(deadline, i.store.job_for_message(mid))
                 .await
+                .map_err(|_| late())?
                 .map_err(|e| e.to_string())?,
         };
+        // Only for the delivery time and the store's receipt: not worth a 503.
         let record = match &job_id {
-            Some(job) => i.store.lookup(job).await.ok().flatten(),
+            Some(job) => tokio::time::timeout_at(deadline, i.store.lookup(job))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten(),
             None => None,
         };
         let envelope = DeliveryEvent {
@@ -271,7 +296,7 @@ impl Intake {
             .publish(n.kind.routing_key(), &body, props, deadline)
             .await
             .map_err(|e| e.to_string())?;
-        info!(event_id = %n.event_id, event = n.kind.routing_key(),
+        debug!(event_id = %n.event_id, event = n.kind.routing_key(),
             status = n.status.as_deref().unwrap_or(""), job_id = job_id.as_deref().unwrap_or(""),
             "webhook published");
         Ok((job_id, record))
