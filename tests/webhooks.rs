@@ -1,14 +1,11 @@
 //! The Telnyx webhook intake (issue #12) against the real RabbitMQ and
-//! Redis. Every webhook is signed as Telnyx signs it: a fresh Ed25519 key
-//! pair per test, the signature over `"{telnyx-timestamp}|{raw body}"` in
-//! `telnyx-signature-ed25519` (base64), the public key configured as base64
-//! of its raw 32 bytes.
+//! Redis. Every webhook is signed as Telnyx signs it (`testkit::webhook`):
+//! a fresh Ed25519 key pair per test, the signature over
+//! `"{telnyx-timestamp}|{raw body}"` in `telnyx-signature-ed25519` (base64),
+//! the public key configured as base64 of its raw 32 bytes.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use ed25519_dalek::{Signer, SigningKey};
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
@@ -19,6 +16,7 @@ use send_worker::ops::metrics::Metrics;
 use send_worker::secret::Secret;
 use send_worker::sim::SimConfig;
 use send_worker::store::{JobState, Store};
+use send_worker::testkit::webhook::{TelnyxKeys, now_secs, post, post_signed, webhook};
 use send_worker::testkit::{
     ConfigFile, TestEnv, WorkerProcess, bin, free_port, metric, redis_url, sms, wait_for,
 };
@@ -26,112 +24,13 @@ use send_worker::webhooks::{Intake, PATH};
 
 const T: Duration = Duration::from_secs(30);
 
-/// Telnyx's side: the account's key pair.
-struct Telnyx {
-    key: SigningKey,
-}
-
-impl Telnyx {
-    fn new() -> Self {
-        Self {
-            key: SigningKey::from_bytes(&rand::random::<[u8; 32]>()),
-        }
-    }
-
-    /// The public key as the portal shows it (`webhooks.public_key`).
-    fn public_key(&self) -> String {
-        STANDARD.encode(self.key.verifying_key().to_bytes())
-    }
-
-    fn sign(&self, timestamp: &str, body: &[u8]) -> String {
-        let mut signed = format!("{timestamp}|").into_bytes();
-        signed.extend_from_slice(body);
-        STANDARD.encode(self.key.sign(&signed).to_bytes())
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-}
-
-/// A webhook body in Telnyx's shape (the send guide's example).
-fn webhook(
-    event_type: &str,
-    event_id: &str,
-    message_id: &str,
-    status: &str,
-    errors: Value,
-) -> Vec<u8> {
-    json!({
-        "data": {
-            "event_type": event_type,
-            "id": event_id,
-            "occurred_at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            "payload": {
-                "id": message_id,
-                "record_type": "message",
-                "direction": if event_type == "message.received" { "inbound" } else { "outbound" },
-                "type": "SMS",
-                "from": {"phone_number": "+15551234567"},
-                "to": [{"phone_number": "+15559876543", "status": status}],
-                "text": "Hello",
-                "parts": 1,
-                "cost": {"amount": "0.0051", "currency": "USD"},
-                "errors": errors
-            },
-            "record_type": "event"
-        },
-        "meta": {"attempt": 1, "delivered_to": "https://example.com/webhooks/telnyx"}
-    })
-    .to_string()
-    .into_bytes()
-}
-
 fn uid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client")
-}
-
-/// POST `body` with the given headers; the status and body.
-async fn post(
-    url: &str,
-    body: &[u8],
-    timestamp: Option<&str>,
-    signature: Option<&str>,
-) -> (u16, String) {
-    let mut req = client().post(url).body(body.to_vec());
-    if let Some(t) = timestamp {
-        req = req.header("telnyx-timestamp", t);
-    }
-    if let Some(s) = signature {
-        req = req.header("telnyx-signature-ed25519", s);
-    }
-    let resp = req.send().await.expect("the intake answers");
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap_or_default())
-}
-
-/// POST `body` signed now by `telnyx`.
-async fn post_signed(url: &str, telnyx: &Telnyx, body: &[u8]) -> u16 {
-    let ts = now().to_string();
-    post(url, body, Some(&ts), Some(&telnyx.sign(&ts, body)))
-        .await
-        .0
-}
-
 /// The sandbox's settings with `telnyx`'s key and, when `redis_prefix` is
 /// given, the job store and the event dedupe in Redis under it.
-fn configure(s: &mut Settings, telnyx: &Telnyx, redis_prefix: Option<&str>) {
+fn configure(s: &mut Settings, telnyx: &TelnyxKeys, redis_prefix: Option<&str>) {
     s.webhooks.public_key = Secret::new(telnyx.public_key());
     if let Some(prefix) = redis_prefix {
         s.redis.url = Secret::new(redis_url());
@@ -253,7 +152,7 @@ async fn message_id(store: &Store, id: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_receipts_are_published_once_with_the_job_id_and_status_shows_them() {
-    let telnyx = Telnyx::new();
+    let telnyx = TelnyxKeys::new();
     let prefix = format!("sw-test-wh-{}", &uid()[..8]);
     let env = TestEnv::new("whsent", quiet_sim(), |s| {
         configure(s, &telnyx, Some(&prefix))
@@ -406,7 +305,7 @@ async fn delivery_receipts_are_published_once_with_the_job_id_and_status_shows_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tampered_stale_unsigned_oversized_and_malformed_events_are_rejected_alike() {
-    let telnyx = Telnyx::new();
+    let telnyx = TelnyxKeys::new();
     let env = TestEnv::new("whreject", quiet_sim(), |s| {
         configure(s, &telnyx, None);
         s.webhooks.max_body_bytes = 4096;
@@ -417,16 +316,16 @@ async fn forged_tampered_stale_unsigned_oversized_and_malformed_events_are_rejec
     let (url, metrics, stop) = serve(&env.settings, store).await;
 
     let body = webhook("message.finalized", &uid(), &uid(), "delivered", json!([]));
-    let ts = now().to_string();
+    let ts = now_secs().to_string();
     let sig = telnyx.sign(&ts, &body);
-    let forged = Telnyx::new().sign(&ts, &body);
+    let forged = TelnyxKeys::new().sign(&ts, &body);
     let tampered = String::from_utf8(body.clone())
         .expect("utf-8")
         .replace("\"delivered\"", "\"delivery_failed\"")
         .into_bytes();
     assert_ne!(tampered, body);
-    let stale = (now() - 301).to_string();
-    let future = (now() + 301).to_string();
+    let stale = (now_secs() - 301).to_string();
+    let future = (now_secs() + 301).to_string();
     let not_json = b"not json".to_vec();
     let no_id = json!({"data": {"event_type": "message.sent", "payload": {"id": "m"}}})
         .to_string()
@@ -494,7 +393,7 @@ async fn forged_tampered_stale_unsigned_oversized_and_malformed_events_are_rejec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_twice_is_published_once_with_redis_and_in_memory() {
     for with_redis in [true, false] {
-        let telnyx = Telnyx::new();
+        let telnyx = TelnyxKeys::new();
         let prefix = format!("sw-test-whdup-{}", &uid()[..8]);
         let env = TestEnv::new("whdup", quiet_sim(), |s| {
             configure(s, &telnyx, with_redis.then_some(prefix.as_str()))
@@ -509,7 +408,7 @@ async fn the_same_event_delivered_twice_is_published_once_with_redis_and_in_memo
         // A retry, signed again later (another timestamp, the same event).
         let body = webhook("message.sent", &uid(), &uid(), "sent", json!([]));
         assert_eq!(post_signed(&url, &telnyx, &body).await, 200);
-        let ts = (now() - 1).to_string();
+        let ts = (now_secs() - 1).to_string();
         let (code, _) = post(&url, &body, Some(&ts), Some(&telnyx.sign(&ts, &body))).await;
         assert_eq!(code, 200, "a repeat is answered 200 so that Telnyx stops");
 
@@ -541,7 +440,7 @@ async fn the_same_event_delivered_twice_is_published_once_with_redis_and_in_memo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_down_the_intake_answers_503_and_telnyxs_retry_is_published() {
-    let telnyx = Telnyx::new();
+    let telnyx = TelnyxKeys::new();
     let prefix = format!("sw-test-whdown-{}", &uid()[..8]);
     let env = TestEnv::new("whdown", quiet_sim(), |s| {
         configure(s, &telnyx, Some(&prefix))
@@ -606,7 +505,7 @@ async fn with_the_broker_down_the_intake_answers_503_and_telnyxs_retry_is_publis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_and_the_standalone_intake_serve_it_and_without_a_key_it_is_404() {
-    let telnyx = Telnyx::new();
+    let telnyx = TelnyxKeys::new();
     let prefix = format!("sw-test-whproc-{}", &uid()[..8]);
     let env = TestEnv::new("whproc", quiet_sim(), |s| {
         configure(s, &telnyx, Some(&prefix))

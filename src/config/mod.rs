@@ -9,6 +9,9 @@
 
 pub mod env;
 mod validate;
+mod webhooks;
+
+pub use webhooks::WebhookSettings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -250,26 +253,6 @@ pub struct DedupeSettings {
     /// Go on sending, unsuppressed, while the store is unreachable.
     pub fail_open: bool,
     /// The memory backend remembers at most this many jobs.
-    pub memory_max_entries: usize,
-}
-
-/// `[webhooks]`: the Telnyx webhook intake (`POST /webhooks/telnyx`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSettings {
-    /// Base64 of the account's raw 32-byte Ed25519 public key, as the Telnyx
-    /// portal shows it. Empty: the endpoint answers 404.
-    pub public_key: Secret,
-    /// A `telnyx-timestamp` further than this from now is rejected.
-    pub tolerance_secs: u64,
-    /// A larger body is rejected.
-    pub max_body_bytes: usize,
-    /// The intake answers within this long (Telnyx waits 2 s); a publish the
-    /// broker has not confirmed by then is answered 503.
-    pub answer_within_ms: u64,
-    /// How long a published event id is remembered (its duplicates dropped).
-    pub dedupe_ttl_secs: u64,
-    /// Without Redis, at most this many event ids are remembered.
     pub memory_max_entries: usize,
 }
 
