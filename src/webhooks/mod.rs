@@ -42,7 +42,7 @@ use crate::store::{Delivery, JobRecord, Store, StoreError, now_ms};
 use broker::Link;
 use event::{Notice, Parsed};
 use seen::{Claim, Seen};
-use signature::{Refusal, Verifier};
+use signature::Verifier;
 
 /// The intake's path.
 pub const PATH: &str = "/webhooks/telnyx";
@@ -171,9 +171,7 @@ impl Intake {
             &body,
             now_secs(),
         ) {
-            return Answer::Rejected(match r {
-                Refusal::Headers | Refusal::Stale | Refusal::Signature => r.label(),
-            });
+            return Answer::Rejected(r.label());
         }
         let notice = match event::parse(&body) {
             Ok(Parsed::Notice(n)) => n,
