@@ -202,10 +202,11 @@ impl Settings {
         if w.max_body_bytes == 0 {
             return Err(invalid("webhooks.max_body_bytes", "must be at least 1"));
         }
-        if !(100..=10_000).contains(&w.answer_within_ms) {
+        // Telnyx waits 2 s; a failed publish adds up to 300 ms to drop its claim.
+        if !(100..=1_700).contains(&w.answer_within_ms) {
             return Err(invalid(
                 "webhooks.answer_within_ms",
-                "must be between 100 and 10000 (Telnyx waits 2 s)",
+                "must be between 100 and 1700 (Telnyx waits 2 s for the answer)",
             ));
         }
         if w.dedupe_ttl_secs == 0 {
