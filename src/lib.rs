@@ -22,6 +22,7 @@ pub mod ops;
 pub mod redis;
 pub mod secret;
 pub mod store;
+pub mod webhooks;
 
 // Development: the Telnyx simulator and the kit that tests, benchmarks and
 // the demo share. A production build leaves them out (`--no-default-features`).

@@ -16,7 +16,7 @@ use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use send_worker::amqp::{Topology, headers};
 use send_worker::config::Settings;
-use send_worker::contract::{DeadLetterHeaders, EventKind, JobHeaders, schemas};
+use send_worker::contract::{DeadLetterHeaders, DeliveryEventKind, EventKind, JobHeaders, schemas};
 use send_worker::job::Job;
 use send_worker::pipeline::{DeadReason, dead_letter_props};
 use send_worker::retry::Backoff;
@@ -148,6 +148,24 @@ fn event_kinds_are_their_routing_keys() {
             serde_json::to_value(k).expect("serialize"),
             json!(k.routing_key())
         );
+    }
+}
+
+#[test]
+fn delivery_event_kinds_are_their_routing_keys() {
+    let event = schema_file("delivery-event.json");
+    let in_schema = allowed(&event["$defs"]["DeliveryEventKind"]);
+    let kinds: BTreeSet<String> = DeliveryEventKind::ALL
+        .iter()
+        .map(|k| k.routing_key().to_owned())
+        .collect();
+    assert_eq!(in_schema, kinds, "DeliveryEventKind::ALL lists every kind");
+    for k in DeliveryEventKind::ALL {
+        assert_eq!(
+            serde_json::to_value(k).expect("serialize"),
+            json!(k.routing_key())
+        );
+        assert_eq!(DeliveryEventKind::from_event_type(k.routing_key()), Some(k));
     }
 }
 
@@ -574,11 +592,15 @@ fn asyncapi_names_exactly_the_topology_the_worker_declares() {
         "routing keys on {}",
         a.exchange
     );
-    let events: BTreeSet<String> = EventKind::ALL
+    let mut events: BTreeSet<String> = EventKind::ALL
         .iter()
         .map(|k| k.routing_key().to_owned())
         .collect();
-    assert_eq!(keys[&a.events_exchange], events, "the event names");
+    events.extend(DeliveryEventKind::ALL.map(|k| k.routing_key().to_owned()));
+    assert_eq!(
+        keys[&a.events_exchange], events,
+        "the event names (result events and delivery events)"
+    );
 
     let mut expected = BTreeMap::new();
     expected.insert(

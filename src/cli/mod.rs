@@ -11,6 +11,8 @@ pub mod publish;
 mod run;
 #[cfg(feature = "sim")]
 mod simulate;
+mod status;
+mod webhooks;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -61,6 +63,12 @@ enum Command {
         #[command(subcommand)]
         cmd: dlq::DlqCommand,
     },
+    /// Serve the Telnyx webhook intake alone (POST /webhooks/telnyx, /metrics,
+    /// /healthz on http.listen).
+    Webhooks,
+    /// What the job store knows about a job: sent, delivered or failed,
+    /// dead-lettered, or unknown (exit 0 known, 1 unknown, 2 error).
+    Status(status::Args),
     /// Check the configuration and print it.
     Config {
         #[command(subcommand)]
@@ -150,6 +158,8 @@ pub async fn main() -> anyhow::Result<()> {
         }
         Command::Config { cmd } => config::run(settings(), cmd, &mut std::io::stdout().lock()),
         Command::Run => run::run(settings()?).await,
+        Command::Webhooks => webhooks::run(settings()?).await,
+        Command::Status(args) => std::process::exit(status::command(settings(), args).await),
         #[cfg(feature = "sim")]
         Command::Simulate(args) => simulate::run(args, settings().ok()).await,
         #[cfg(feature = "sim")]

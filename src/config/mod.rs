@@ -9,6 +9,9 @@
 
 pub mod env;
 mod validate;
+mod webhooks;
+
+pub use webhooks::WebhookSettings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -66,6 +69,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub redis: RedisSettings,
     pub dedupe: DedupeSettings,
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

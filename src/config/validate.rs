@@ -171,11 +171,49 @@ impl Settings {
         if d.memory_max_entries == 0 {
             return Err(invalid("dedupe.memory_max_entries", "must be at least 1"));
         }
+        self.validate_webhooks()?;
         if self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "http.listen",
                 "not a socket address like 0.0.0.0:9090",
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let w = &self.webhooks;
+        if !w.public_key.is_empty() {
+            if let Err(why) = crate::webhooks::signature::parse_public_key(w.public_key.expose()) {
+                return Err(invalid("webhooks.public_key", why));
+            }
+            if self.amqp.events_exchange.is_empty() {
+                return Err(invalid(
+                    "webhooks.public_key",
+                    "the intake publishes to amqp.events_exchange, which is empty",
+                ));
+            }
+        }
+        if w.tolerance_secs == 0 {
+            return Err(invalid("webhooks.tolerance_secs", "must be at least 1"));
+        }
+        if w.max_body_bytes == 0 {
+            return Err(invalid("webhooks.max_body_bytes", "must be at least 1"));
+        }
+        // Telnyx waits 2 s; a failed publish adds up to 300 ms to drop its claim.
+        if !(100..=1_700).contains(&w.answer_within_ms) {
+            return Err(invalid(
+                "webhooks.answer_within_ms",
+                "must be between 100 and 1700 (Telnyx waits 2 s for the answer)",
+            ));
+        }
+        if w.dedupe_ttl_secs == 0 {
+            return Err(invalid("webhooks.dedupe_ttl_secs", "must be at least 1"));
+        }
+        if w.memory_max_entries == 0 {
+            return Err(invalid("webhooks.memory_max_entries", "must be at least 1"));
         }
         Ok(())
     }

@@ -4,10 +4,12 @@
 //! what these types generate (`UPDATE_SCHEMA=1` rewrites them), and holds the
 //! schemas to the code that really reads and writes the messages.
 
+mod delivery;
 mod events;
 mod headers;
 mod job;
 
+pub use delivery::{DeliveryEvent, DeliveryEventKind};
 pub use events::{EventKind, ResultEvent};
 pub use headers::{DeadLetterHeaders, JobHeaders, MAX_DETAIL_CHARS};
 pub use job::{
@@ -43,6 +45,10 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         (
             "result-event.json",
             written().into_root_schema_for::<ResultEvent<'static>>(),
+        ),
+        (
+            "delivery-event.json",
+            written().into_root_schema_for::<DeliveryEvent>(),
         ),
         (
             "dead-letter-headers.json",

@@ -137,7 +137,7 @@ fn from_time(t: SystemTime) -> Result<Deadline, &'static str> {
 }
 
 /// RFC 3339 with a numeric offset (`+02:00`), which humantime does not take.
-fn parse_rfc3339_offset(raw: &str) -> Option<SystemTime> {
+pub(super) fn parse_rfc3339_offset(raw: &str) -> Option<SystemTime> {
     let split = raw.len().checked_sub(6)?;
     // `get`, not `split_at`: `split` need not be a character boundary.
     let local = raw.get(..split)?;

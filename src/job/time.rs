@@ -56,9 +56,33 @@ pub fn rfc3339(t: SystemTime) -> String {
     }
 }
 
+/// An RFC 3339 time with `Z`, no zone (UTC) or a `±hh:mm` offset (as
+/// Telnyx writes `occurred_at`), if it is one.
+pub fn parse_rfc3339(raw: &str) -> Option<SystemTime> {
+    let raw = raw.trim();
+    // The offset form first: humantime's weak parser takes any `+hh:mm`
+    // after fractional seconds and ignores it (2.4.0), which would read
+    // `20:30:00.000+02:00` as 20:30 UTC.
+    super::deadline::parse_rfc3339_offset(raw)
+        .or_else(|| humantime::parse_rfc3339_weak(raw).ok())
+        .and_then(within)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_with_z_no_zone_or_an_offset_is_read() {
+        let z = parse_rfc3339("2026-03-05T18:30:00.000Z").expect("Z");
+        assert_eq!(parse_rfc3339("2026-03-05T18:30:00.000+00:00"), Some(z));
+        assert_eq!(parse_rfc3339("2026-03-05T20:30:00.000+02:00"), Some(z));
+        assert_eq!(parse_rfc3339("2026-03-05T16:30:00.000-02:00"), Some(z));
+        assert_eq!(parse_rfc3339("2026-03-05T20:30:00+02:00"), Some(z));
+        assert_eq!(parse_rfc3339("2026-03-05T18:30:00"), Some(z));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339(""), None);
+    }
 
     #[test]
     fn the_latest_second_is_taken_and_the_next_is_not() {

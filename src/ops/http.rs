@@ -1,4 +1,5 @@
-//! The ops endpoints: `/metrics`, `/healthz`, `/readyz`.
+//! The ops endpoints: `/metrics`, `/healthz`, `/readyz`; and the server that
+//! serves them (with the webhook intake's routes merged in when it is on).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +53,18 @@ async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
     (status, axum::Json(r))
 }
 
+/// `/metrics` and `/healthz` alone (for `send-worker webhooks`, which has
+/// no worker to be ready).
+pub fn metrics_router(metrics: Metrics) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .with_state(Ops {
+            state: Arc::new(WorkerState::new(metrics.clone())),
+            metrics,
+        })
+}
+
 /// Bind `addr` (port 0 picks one) and serve until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
@@ -59,9 +72,17 @@ pub async fn serve(
     state: Arc<WorkerState>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_router(addr, router(metrics, state), shutdown).await
+}
+
+/// Bind `addr` (port 0 picks one) and serve `app` until `shutdown`.
+pub async fn serve_router(
+    addr: SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(metrics, state);
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub dedupe_store_available: IntGauge,
     pub limiter_shared: IntGauge,
     pub limiter_fallback: IntCounter,
+    /// Delivery receipts (the webhook intake).
+    pub receipts: super::receipts::ReceiptMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -402,6 +404,7 @@ impl Metrics {
                     "Times the shared limiter fell back to the local one.",
                 ),
             ),
+            receipts: super::receipts::ReceiptMetrics::register(&r, p),
             registry: r,
         }
     }

@@ -2,7 +2,8 @@
 //! named topology on the real RabbitMQ next to an in-process Telnyx simulator
 //! ([`Sandbox`], and [`TestEnv`], its panicking face for tests), the real
 //! binary as a child process ([`WorkerProcess`]), and small helpers to
-//! publish, wait and read metrics.
+//! publish, wait and read metrics; Telnyx's side of a signed webhook
+//! ([`webhook`]).
 //!
 //! Only the Telnyx API is simulated; the broker (and Redis, where a test
 //! uses it) are real. Every sandbox deletes what it declared in
@@ -11,6 +12,7 @@
 mod env;
 mod process;
 mod sandbox;
+pub mod webhook;
 
 pub use env::TestEnv;
 pub use env::{give_back, test_settings};

@@ -136,6 +136,18 @@ impl WorkerProcess {
         settings: &Settings,
         extra: &[(&str, &str)],
     ) -> WorkerProcess {
+        Self::spawn_command(bin, name, settings, "run", extra)
+    }
+
+    /// [`WorkerProcess::spawn_in`] with another subcommand that serves
+    /// `http.listen` (`webhooks`).
+    pub fn spawn_command(
+        bin: &std::path::Path,
+        name: &str,
+        settings: &Settings,
+        command: &str,
+        extra: &[(&str, &str)],
+    ) -> WorkerProcess {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
 
@@ -145,7 +157,7 @@ impl WorkerProcess {
         settings.log.format = LogFormat::Json;
         let config = ConfigFile::write(&settings);
         let mut cmd = Command::new(bin);
-        cmd.arg("--config").arg(&config.0).arg("run");
+        cmd.arg("--config").arg(&config.0).arg(command);
         // Nothing inherited may change what the child does: no other
         // SEND_WORKER__* value, no RUST_LOG, no proxy for loopback traffic.
         for (k, _) in std::env::vars() {
@@ -163,7 +175,9 @@ impl WorkerProcess {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn send-worker run");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn send-worker {command}: {e}"));
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut readers = Vec::new();
         let out: Vec<Box<dyn std::io::Read + Send>> = vec![
