@@ -1,6 +1,6 @@
 //! A map of at most `max` entries that forget their oldest insertions
-//! first, each with an expiry: the in-memory stores' shape (job records,
-//! message-id correlation).
+//! first, each with an expiry: the shape of every in-memory store (job
+//! records, message-id correlation, webhook event ids).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -33,6 +33,10 @@ impl<V> Bounded<V> {
             self.map.remove(key);
         }
         self.map.get_mut(key).map(|(v, _)| v)
+    }
+
+    pub(crate) fn remove(&mut self, key: &str) -> Option<V> {
+        self.map.remove(key).map(|(v, _)| v)
     }
 
     /// Keep `key` (if present) until `expires`.

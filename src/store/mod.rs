@@ -20,7 +20,7 @@
 //! again or dead-lettered as `dedupe.on_unknown` says (README, "Duplicate
 //! suppression").
 
-mod bounded;
+pub(crate) mod bounded;
 mod memory;
 mod redis;
 

@@ -8,14 +8,15 @@
 //! the claim ([`Seen::release`]), so Telnyx's retry publishes it; a claim
 //! whose holder died runs out after [`CLAIM`].
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::redis::Script;
+use tokio::time::Instant;
 
 use crate::redis::Redis;
 use crate::store::StoreError;
+use crate::store::bounded::Bounded;
 
 /// How long a claim lasts: well over one answer's budget.
 pub const CLAIM: Duration = Duration::from_secs(30);
@@ -63,7 +64,8 @@ pub struct Seen {
 
 #[derive(Clone)]
 enum Backend {
-    Memory(Arc<Mutex<Memory>>),
+    /// id -> the claim's token or "done".
+    Memory(Arc<Mutex<Bounded<String>>>),
     Redis(Redis),
 }
 
@@ -75,13 +77,6 @@ impl std::fmt::Debug for Seen {
     }
 }
 
-struct Memory {
-    max: usize,
-    /// id -> (token or "done", until).
-    ids: HashMap<String, (String, Instant)>,
-    order: VecDeque<String>,
-}
-
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -91,11 +86,7 @@ impl Seen {
     pub fn new(redis: Option<Redis>, ttl: Duration, max_entries: usize) -> Self {
         let backend = match redis {
             Some(r) => Backend::Redis(r),
-            None => Backend::Memory(Arc::new(Mutex::new(Memory {
-                max: max_entries.max(1),
-                ids: HashMap::new(),
-                order: VecDeque::new(),
-            }))),
+            None => Backend::Memory(Arc::new(Mutex::new(Bounded::new(max_entries)))),
         };
         Self { backend, ttl }
     }
@@ -113,12 +104,10 @@ impl Seen {
             Backend::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
-                if let Some((v, until)) = m.ids.get(id)
-                    && *until > now
-                {
+                if let Some(v) = m.get_mut(id, now) {
                     return Ok(if v == DONE { Claim::Done } else { Claim::Busy });
                 }
-                m.put(id, token.clone(), now + CLAIM);
+                m.insert(id, token.clone(), now + CLAIM);
                 Ok(Claim::Fresh(token))
             }
             Backend::Redis(r) => {
@@ -145,7 +134,7 @@ impl Seen {
             Backend::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
                 let until = Instant::now() + self.ttl;
-                m.put(id, DONE.to_owned(), until);
+                m.insert(id, DONE.to_owned(), until);
                 Ok(())
             }
             Backend::Redis(r) => {
@@ -167,8 +156,8 @@ impl Seen {
         match &self.backend {
             Backend::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
-                if m.ids.get(id).is_some_and(|(v, _)| v == token) {
-                    m.ids.remove(id);
+                if m.get_mut(id, Instant::now()).is_some_and(|v| v == token) {
+                    m.remove(id);
                 }
                 Ok(())
             }
@@ -181,28 +170,6 @@ impl Seen {
                     .await?;
                 Ok(())
             }
-        }
-    }
-}
-
-impl Memory {
-    fn put(&mut self, id: &str, value: String, until: Instant) {
-        if self.ids.insert(id.to_owned(), (value, until)).is_none() {
-            self.order.push_back(id.to_owned());
-        }
-        // Oldest first out; ids already removed (released) are skipped.
-        while self.ids.len() > self.max {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.ids.remove(&old);
-                }
-                None => break,
-            }
-        }
-        // Keep the order queue from growing without bound with released ids.
-        if self.order.len() > self.max.saturating_mul(2) {
-            let ids = &self.ids;
-            self.order.retain(|k| ids.contains_key(k));
         }
     }
 }
@@ -241,6 +208,6 @@ mod tests {
         let Backend::Memory(m) = &s.backend else {
             panic!("memory")
         };
-        assert!(m.lock().unwrap().ids.len() <= 3);
+        assert!(m.lock().unwrap().len() <= 3);
     }
 }
