@@ -60,10 +60,10 @@ pub fn parse_deadline_text(raw: &str) -> Result<Deadline, String> {
     if let Ok(secs) = raw.parse::<f64>() {
         return from_secs_f64(secs).map_err(|why| format!("{why}: {:?}", shown(raw)));
     }
-    if let Ok(t) = humantime::parse_rfc3339_weak(raw) {
-        return from_time(t).map_err(|why| format!("{why}: {:?}", shown(raw)));
-    }
-    match parse_rfc3339_offset(raw) {
+    // The offset form first: humantime's weak parser takes any `+hh:mm`
+    // after fractional seconds and ignores it (2.4), which would move the
+    // deadline by the offset.
+    match parse_rfc3339_offset(raw).or_else(|| humantime::parse_rfc3339_weak(raw).ok()) {
         Some(t) => from_time(t).map_err(|why| format!("{why}: {:?}", shown(raw))),
         None => Err(format!("is not RFC 3339 or unix seconds: {:?}", shown(raw))),
     }
@@ -220,6 +220,21 @@ mod tests {
         let long = "x".repeat(10_000);
         let err = parse_deadline_text(&long).unwrap_err();
         assert!(err.len() < 200, "the reason quotes at most a prefix");
+    }
+
+    /// humantime's weak parser read `…00.5+02:00` as UTC, ignoring the
+    /// offset after fractional seconds: the deadline was two hours late.
+    #[test]
+    fn an_offset_after_fractional_seconds_moves_the_deadline() {
+        let utc = secs(parse_deadline_text("2030-01-01T08:00:00Z").unwrap());
+        for raw in [
+            "2030-01-01T10:00:00+02:00",
+            "2030-01-01T10:00:00.5+02:00",
+            "2030-01-01T10:00:00.000+02:00",
+            "2030-01-01T07:00:00.25-01:00",
+        ] {
+            assert_eq!(secs(parse_deadline_text(raw).unwrap()), utc, "{raw}");
+        }
     }
 
     /// A panic found in review: `split_at(len - 6)` panicked when that byte
