@@ -20,6 +20,8 @@
 //! simulator's models (`vsim.rs`).
 
 mod evidence;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 
