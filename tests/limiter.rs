@@ -275,3 +275,65 @@ async fn the_rate_follows_the_api_headers() {
     );
     env.cleanup().await;
 }
+
+/// An API without rate-limit headers, limit 0 (none), no latency: `n`
+/// long-code jobs at `limiter.initial_rate` 10, burst 10, with `slow_start`
+/// as given. The requests the simulator accepted, and the limiter's rate at
+/// the end.
+async fn headerless(name: &str, slow_start: bool, n: usize) -> (Vec<SimRequest>, f64) {
+    let env = TestEnv::new(
+        name,
+        SimConfig {
+            latency: Duration::ZERO,
+            rate_headers: false,
+            ..SimConfig::default()
+        },
+        |s| {
+            s.limiter.initial_rate = 10.0;
+            s.limiter.burst = 10;
+            s.limiter.slow_start = slow_start;
+            s.pacing.account_sms_per_second = 0.0;
+        },
+    )
+    .await;
+    env.publish_all(jobs("+15551234567", "h", n)).await;
+    let w = env.start();
+    wait_for("every job sent", T, || async {
+        accepted(&env.sim.requests(), "h").len() >= n
+    })
+    .await;
+    let rate = w.worker.limiter.estimates().rate;
+    w.stop().await;
+    let reqs = env.sim.requests();
+    once_each(&reqs, "h", n);
+    assert!(
+        reqs.iter().all(|r| r.status == 200),
+        "no 429 from an unlimited API"
+    );
+    env.cleanup().await;
+    (accepted(&reqs, "h"), rate)
+}
+
+#[tokio::test]
+async fn without_rate_headers_slow_start_raises_the_rate_above_initial_rate() {
+    // 10/s, then x1.5 each second it is used: 15, 22, 33, 50, 75 ... 200
+    // jobs are sent in about 6 s instead of 19 s at 10/s.
+    let (sent, rate) = headerless("slow-start", true, 200).await;
+    assert!(rate > 10.0, "the rate rose from initial_rate 10: {rate}");
+    let most = most_in_any(&sent, 1000);
+    assert!(
+        most > 20,
+        "more than initial_rate + burst (20) in some second: {most}"
+    );
+}
+
+#[tokio::test]
+async fn without_rate_headers_and_slow_start_off_the_rate_stays_at_initial_rate() {
+    let (sent, rate) = headerless("no-slow-start", false, 40).await;
+    assert_eq!(rate, 10.0, "the rate is initial_rate");
+    let most = most_in_any(&sent, 1000);
+    assert!(
+        most <= 21,
+        "at most initial_rate + burst (+1) in any second: {most}"
+    );
+}

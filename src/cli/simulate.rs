@@ -46,6 +46,9 @@ pub struct Args {
     /// Accept only this bearer token (any non-empty token otherwise).
     #[arg(long, env = "SIM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Send no x-ratelimit-* headers (an API that does not say its limit).
+    #[arg(long)]
+    no_rate_headers: bool,
 }
 
 pub async fn run(args: Args, settings: Option<Settings>) -> anyhow::Result<()> {
@@ -66,6 +69,7 @@ pub async fn run(args: Args, settings: Option<Settings>) -> anyhow::Result<()> {
             reset_style: args.reset_style,
             retry_after: args.retry_after,
             api_key: args.api_key,
+            rate_headers: !args.no_rate_headers,
         },
         shutdown.clone(),
     )

@@ -85,8 +85,9 @@ pub enum MessageKind {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
-    /// The original body, forwarded to the API byte for byte.
-    pub body: Vec<u8>,
+    /// The original body, forwarded to the API byte for byte (shared:
+    /// handing it to a request copies nothing).
+    pub body: bytes::Bytes,
     pub from: Option<String>,
     pub sender: SenderClass,
     pub kind: MessageKind,
@@ -172,7 +173,7 @@ impl Job {
 
         Ok(Job {
             id,
-            body: body.to_vec(),
+            body: bytes::Bytes::copy_from_slice(body),
             from: checked.from,
             sender: checked.sender,
             kind: checked.kind,

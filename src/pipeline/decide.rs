@@ -204,7 +204,7 @@ mod tests {
     fn job(attempt: u32, bounces: u32) -> Job {
         Job {
             id: "j".into(),
-            body: Vec::new(),
+            body: bytes::Bytes::new(),
             from: Some("+15551234567".into()),
             sender: SenderClass::LongCode,
             kind: MessageKind::Sms,

@@ -13,7 +13,7 @@ use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::decide::{DeadReason, Disposition, RetryKind};
 use super::ledger::Entry;
@@ -46,7 +46,10 @@ impl Pipeline {
                 if let Some(job) = job {
                     self.record_sent(job, &accepted);
                 }
-                info!(
+                // Per-job success is a debug line: the counters carry it,
+                // and an info line per job costs more than the rest of its
+                // handling (BENCHMARKS.md, "Throughput").
+                debug!(
                     message_id = accepted.message_id.as_deref().unwrap_or("-"),
                     "sent"
                 );

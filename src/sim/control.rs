@@ -35,6 +35,10 @@ pub struct SimConfig {
     pub retry_after: RetryAfterStyle,
     /// When set, any other bearer token gets 401 / 10009.
     pub api_key: Option<String>,
+    /// Whether answers carry `x-ratelimit-*` headers (default true). false:
+    /// an API that says nothing about its limit (a 429 still carries
+    /// `retry-after`), as the worker's headerless slow start expects.
+    pub rate_headers: bool,
 }
 
 impl Default for SimConfig {
@@ -50,6 +54,7 @@ impl Default for SimConfig {
             reset_style: ResetStyle::default(),
             retry_after: RetryAfterStyle::default(),
             api_key: None,
+            rate_headers: true,
         }
     }
 }
@@ -67,6 +72,7 @@ impl std::fmt::Debug for SimConfig {
             .field("reset_style", &self.reset_style)
             .field("retry_after", &self.retry_after)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("rate_headers", &self.rate_headers)
             .finish()
     }
 }

@@ -16,7 +16,7 @@
 //!   `gcra`), its limit `L` per window `W`, gcra's `burst`, and whether
 //!   refused requests count: exact semantics in [`models`];
 //! - how the headers are written ([`ResetStyle`], [`RetryAfterStyle`]):
-//!   rounding in [`headers`]. A 429 from the limit carries Telnyx's error body,
+//!   rounding in [`headers`], or none at all (`rate_headers` false). A 429 from the limit carries Telnyx's error body,
 //!   code 10011.
 //!
 //! Time: the simulator's clock is the Unix time read once at its start,
@@ -421,7 +421,9 @@ async fn send_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
     };
 
     let mut out_headers = HeaderMap::new();
-    headers::rate_limit(&mut out_headers, &limit, cfg.reset_style, now);
+    if cfg.rate_headers {
+        headers::rate_limit(&mut out_headers, &limit, cfg.reset_style, now);
+    }
     let response = match reply {
         Some(r) => {
             if r.status == 429 {

@@ -122,7 +122,7 @@ impl TelnyxClient {
     }
 
     /// `POST /v2/messages` with `body` as it is.
-    pub async fn send_message(&self, body: Vec<u8>) -> ApiResult {
+    pub async fn send_message(&self, body: bytes::Bytes) -> ApiResult {
         let started = Instant::now();
         let response = self
             .http

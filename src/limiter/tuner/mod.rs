@@ -20,6 +20,8 @@
 //! simulator's models (`vsim.rs`).
 
 mod evidence;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 
@@ -615,6 +617,3 @@ fn regression(pts: &[(f64, f64)]) -> f64 {
     let sxx: f64 = pts.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
     if sxx <= 0.0 { f64::NAN } else { sxy / sxx }
 }
-
-#[cfg(test)]
-mod tests;

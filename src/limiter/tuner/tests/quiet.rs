@@ -1,7 +1,7 @@
 //! The tuner on hand-made traffic: situations the backlogged clients of the
 //! virtual-time matrix (`vsim.rs`) never produce, such as an idle spell.
 
-use super::*;
+use super::super::*;
 
 /// A fixed window opened by the first request (`fixed-first`), `limit` per
 /// `window` seconds, answering after `delay`. Drives a [`Tuner`] with the
