@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use lapin::BasicProperties;
-use send_worker::config::Settings;
 use send_worker::ops::metrics::Metrics;
 use send_worker::sim::{SimConfig, SimControl, SimRequest, SimWindow};
-use send_worker::testkit::{RunningWorker, Sandbox, amqp_url};
+use send_worker::testkit::{RunningWorker, Sandbox};
 
 const LONG_CODE: &str = "+15551234567";
 const TOLL_FREE: &str = "+18005550100";
@@ -31,24 +30,7 @@ const SHORT_CODE: &str = "54321";
 /// `SEND_WORKER__*` variables of the environment on top (for experiments,
 /// e.g. SEND_WORKER__AMQP__PREFETCH=256).
 async fn env(name: &str, sim: SimConfig) -> anyhow::Result<Sandbox> {
-    let vars = [
-        ("SEND_WORKER__AMQP__URL", amqp_url()),
-        (
-            "SEND_WORKER__PACING__ACCOUNT_SMS_PER_SECOND",
-            "0".to_owned(),
-        ),
-        (
-            "SEND_WORKER__PACING__ACCOUNT_MMS_PER_SECOND",
-            "0".to_owned(),
-        ),
-        ("SEND_WORKER__HTTP__LISTEN", "127.0.0.1:0".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .chain(std::env::vars().filter(|(k, _)| k.starts_with("SEND_WORKER__")))
-    .collect::<Vec<_>>();
-    let base = Settings::load_with_env(None, vars).context("settings")?;
-    Sandbox::open(&format!("bench-{name}"), base, sim, |_| {})
+    Sandbox::for_bench(name, &[], sim)
         .await
         .context("RabbitMQ must be running on 127.0.0.1:5672")
 }

@@ -36,9 +36,8 @@ use futures_util::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use send_worker::config::Settings;
 use send_worker::sim::SimConfig;
-use send_worker::testkit::{Sandbox, WorkerProcess, amqp_url, bin, unacked};
+use send_worker::testkit::{Sandbox, WorkerProcess, bin, unacked};
 
 /// One cell of the matrix.
 #[derive(Clone, Copy)]
@@ -93,27 +92,18 @@ fn unix_ms() -> u64 {
 /// The sandbox's settings: shipped defaults, account pacing off, the API
 /// bucket lifted, and the environment's `SEND_WORKER__*` on top.
 async fn sandbox(name: &str) -> anyhow::Result<Sandbox> {
-    let vars = [
-        ("SEND_WORKER__AMQP__URL", amqp_url()),
-        ("SEND_WORKER__PACING__ACCOUNT_SMS_PER_SECOND", "0".into()),
-        ("SEND_WORKER__PACING__ACCOUNT_MMS_PER_SECOND", "0".into()),
-        ("SEND_WORKER__LIMITER__INITIAL_RATE", "50000".into()),
-        ("SEND_WORKER__LIMITER__MAX_RATE", "100000".into()),
-        ("SEND_WORKER__LIMITER__BURST", "1000".into()),
-        ("SEND_WORKER__HTTP__LISTEN", "127.0.0.1:0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .chain(std::env::vars().filter(|(k, _)| k.starts_with("SEND_WORKER__")))
-    .collect::<Vec<_>>();
-    let base = Settings::load_with_env(None, vars).context("settings")?;
     let sim = SimConfig {
         latency: Duration::ZERO,
         limit: 0,
         rate_headers: false,
         ..SimConfig::default()
     };
-    Sandbox::open(&format!("bench-{name}"), base, sim, |_| {})
+    let lifted = [
+        ("SEND_WORKER__LIMITER__INITIAL_RATE", "50000"),
+        ("SEND_WORKER__LIMITER__MAX_RATE", "100000"),
+        ("SEND_WORKER__LIMITER__BURST", "1000"),
+    ];
+    Sandbox::for_bench(name, &lifted, sim)
         .await
         .context("RabbitMQ must be running on 127.0.0.1:5672")
 }

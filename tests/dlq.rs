@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions};
 use lapin::types::FieldTable;
 use send_worker::amqp::headers;
 use send_worker::cli::dlq::{self, Console, DlqCommand, DlqError, Prompt, Report};
@@ -390,29 +390,7 @@ async fn a_replay_round_trip_sends_the_jobs_as_first_attempts() {
             })
     })));
     // Result events, to see the attempt number each send was made with.
-    let events = env
-        .ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("events queue");
-    env.ch
-        .queue_bind(
-            events.name().clone(),
-            env.settings.amqp.events_exchange.as_str().into(),
-            "sent".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    let events = env.events_queue("sent").await;
 
     let n = 3;
     for i in 0..n {
@@ -445,7 +423,7 @@ async fn a_replay_round_trip_sends_the_jobs_as_first_attempts() {
     wait_for("3 sent events", T, || async {
         while let Some(m) = env
             .ch
-            .basic_get(events.name().clone(), BasicGetOptions { no_ack: true })
+            .basic_get(events.as_str().into(), BasicGetOptions { no_ack: true })
             .await
             .expect("get")
         {

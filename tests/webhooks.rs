@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicGetOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -58,34 +57,6 @@ async fn serve(settings: &Settings, store: Store) -> (String, Metrics, Cancellat
     .await
     .expect("bind");
     (format!("http://{addr}{PATH}"), metrics, stop)
-}
-
-/// A queue bound to the events exchange for every delivery event.
-async fn delivery_queue(env: &TestEnv) -> String {
-    let q = env
-        .ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
-    env.ch
-        .queue_bind(
-            q.name().clone(),
-            env.settings.amqp.events_exchange.as_str().into(),
-            "message.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
-    q.name().to_string()
 }
 
 /// Every event in `queue` now: (routing key, properties' message_id, body).
@@ -158,7 +129,7 @@ async fn delivery_receipts_are_published_once_with_the_job_id_and_status_shows_t
         configure(s, &telnyx, Some(&prefix))
     })
     .await;
-    let events = delivery_queue(&env).await;
+    let events = env.events_queue("message.#").await;
     env.publish("wh-delivered", &sms("+15559876543", "delivered one"))
         .await;
     env.publish("wh-failed", &sms("+15559876544", "failed one"))
@@ -311,7 +282,7 @@ async fn forged_tampered_stale_unsigned_oversized_and_malformed_events_are_rejec
         s.webhooks.max_body_bytes = 4096;
     })
     .await;
-    let events = delivery_queue(&env).await;
+    let events = env.events_queue("message.#").await;
     let store = Store::memory(1000, Duration::from_secs(60), Metrics::new());
     let (url, metrics, stop) = serve(&env.settings, store).await;
 
@@ -399,7 +370,7 @@ async fn the_same_event_delivered_twice_is_published_once_with_redis_and_in_memo
             configure(s, &telnyx, with_redis.then_some(prefix.as_str()))
         })
         .await;
-        let events = delivery_queue(&env).await;
+        let events = env.events_queue("message.#").await;
         let redis = redis_of(&env.settings);
         let store =
             Store::from_settings(&env.settings, redis.as_ref(), Metrics::new()).expect("store");
@@ -446,7 +417,7 @@ async fn with_the_broker_down_the_intake_answers_503_and_telnyxs_retry_is_publis
         configure(s, &telnyx, Some(&prefix))
     })
     .await;
-    let events = delivery_queue(&env).await;
+    let events = env.events_queue("message.#").await;
     let store = || {
         Store::from_settings(
             &env.settings,
@@ -511,7 +482,7 @@ async fn the_worker_and_the_standalone_intake_serve_it_and_without_a_key_it_is_4
         configure(s, &telnyx, Some(&prefix))
     })
     .await;
-    let events = delivery_queue(&env).await;
+    let events = env.events_queue("message.#").await;
 
     let mut worker = WorkerProcess::spawn("wh-worker", &env.settings, &[]);
     worker.wait_ready(T).await;

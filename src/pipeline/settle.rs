@@ -122,20 +122,12 @@ impl Pipeline {
                     headers::DEFERRALS,
                     headers::int(u64::from(deferrals)),
                 );
-                if let Err(e) = self
-                    .publisher
-                    .publish(
-                        &t.amqp.exchange,
-                        &t.tier_routing_key(tier),
-                        &delivery.data,
-                        props,
-                        true,
-                    )
+                let key = t.tier_routing_key(tier);
+                if let Err(unsettled) = self
+                    .replace(delivery, &key, props, job_id, &disposition, signals)
                     .await
                 {
-                    return self
-                        .unsettled(job_id, disposition.clone(), &e.to_string(), signals)
-                        .await;
+                    return unsettled;
                 }
                 let (result, reason) = match kind {
                     RetryKind::Transient => {
@@ -168,20 +160,12 @@ impl Pipeline {
                 attempts,
             } => {
                 let props = dead_letter_props(&delivery.properties, reason, failure, attempts);
-                if let Err(e) = self
-                    .publisher
-                    .publish(
-                        &t.amqp.exchange,
-                        &t.amqp.dead_routing_key,
-                        &delivery.data,
-                        props,
-                        true,
-                    )
+                let key = &t.amqp.dead_routing_key;
+                if let Err(unsettled) = self
+                    .replace(delivery, key, props, job_id, &disposition, signals)
                     .await
                 {
-                    return self
-                        .unsettled(job_id, disposition.clone(), &e.to_string(), signals)
-                        .await;
+                    return unsettled;
                 }
                 let result = if reason == DeadReason::Expired {
                     result::EXPIRED
@@ -282,6 +266,30 @@ impl Pipeline {
             && let Ok(age) = SystemTime::now().duration_since(at)
         {
             self.metrics.end_to_end.observe(age.as_secs_f64());
+        }
+    }
+
+    /// Publish the delivery's replacement (a retry copy or a dead letter) to
+    /// `routing_key`, mandatory and confirmed, before anything is acked.
+    /// `Err`: the broker did not take it, and this is the settlement.
+    async fn replace(
+        &self,
+        delivery: &Delivery,
+        routing_key: &str,
+        props: BasicProperties,
+        job_id: &str,
+        disposition: &Disposition,
+        signals: &JobSignals,
+    ) -> Result<(), Settled> {
+        let exchange = &self.topology.amqp.exchange;
+        match (self.publisher)
+            .publish(exchange, routing_key, &delivery.data, props, true)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self
+                .unsettled(job_id, disposition.clone(), &e.to_string(), signals)
+                .await),
         }
     }
 

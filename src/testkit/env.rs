@@ -121,6 +121,38 @@ impl TestEnv {
         self.0.drain_queue(queue).await.expect("drain the queue")
     }
 
+    /// A server-named, exclusive queue bound to the events exchange with
+    /// `routing_key` (e.g. "sent", "message.#"): it collects the events
+    /// published from now on, and goes away with the connection.
+    pub async fn events_queue(&self, routing_key: &str) -> String {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let q = self
+            .ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare an events queue");
+        self.ch
+            .queue_bind(
+                q.name().clone(),
+                self.settings.amqp.events_exchange.as_str().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the events queue");
+        q.name().to_string()
+    }
+
     /// Take one ready message of `queue` and give it back (nack, requeue),
     /// as a worker crash would: a redelivery. False if none was ready.
     pub async fn redeliver_one(&self, queue: &str) -> bool {

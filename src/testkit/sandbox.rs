@@ -66,6 +66,31 @@ impl Sandbox {
     /// Start a simulator with `sim`, and declare a topology named after
     /// `name` with `base`'s settings (names prefixed, the simulator as the
     /// API), adjusted by `tweak` before anything is declared.
+    /// A benchmark's sandbox: the shipped defaults with the local broker,
+    /// account pacing off and an ephemeral ops port, then `vars`
+    /// (`SEND_WORKER__…` pairs), then the environment's own `SEND_WORKER__*`
+    /// variables on top, for experiments (e.g. SEND_WORKER__AMQP__PREFETCH).
+    pub async fn for_bench(
+        name: &str,
+        vars: &[(&str, &str)],
+        sim: SimConfig,
+    ) -> Result<Sandbox, KitError> {
+        let defaults = [
+            ("SEND_WORKER__AMQP__URL", super::amqp_url()),
+            ("SEND_WORKER__PACING__ACCOUNT_SMS_PER_SECOND", "0".into()),
+            ("SEND_WORKER__PACING__ACCOUNT_MMS_PER_SECOND", "0".into()),
+            ("SEND_WORKER__HTTP__LISTEN", "127.0.0.1:0".into()),
+        ];
+        let all = defaults
+            .into_iter()
+            .chain(vars.iter().map(|(k, v)| (*k, (*v).to_owned())))
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain(std::env::vars().filter(|(k, _)| k.starts_with("SEND_WORKER__")))
+            .collect::<Vec<_>>();
+        let base = Settings::load_with_env(None, all)?;
+        Sandbox::open(&format!("bench-{name}"), base, sim, |_| {}).await
+    }
+
     pub async fn open(
         name: &str,
         base: Settings,
