@@ -161,7 +161,9 @@ pub fn decide(
     }
 }
 
-pub(super) fn rejection_disposition(rejection: Rejection, attempts: u32) -> Disposition {
+/// A job refused before any API call: dead-lettered with the rejection as
+/// its reason (`malformed` or `validation`) and detail.
+pub fn rejection_disposition(rejection: Rejection, attempts: u32) -> Disposition {
     let reason = match rejection.kind {
         RejectionKind::Malformed => DeadReason::Malformed,
         RejectionKind::Validation => DeadReason::Validation,

@@ -15,7 +15,7 @@ mod dedupe;
 pub mod ledger;
 mod settle;
 
-pub use decide::{DeadReason, Disposition, RetryKind, decide};
+pub use decide::{DeadReason, Disposition, RetryKind, decide, rejection_disposition};
 pub use settle::{dead_letter_props, describe};
 
 use std::sync::Arc;
@@ -38,7 +38,7 @@ use crate::retry::Backoff;
 use crate::store::Store;
 use crate::telnyx::{Failure, Outcome, TelnyxClient, classify};
 use circuit::{CircuitBreaker, Signal};
-use decide::{expired_disposition, rejection_disposition};
+use decide::expired_disposition;
 use ledger::{Entry, Ledger};
 
 /// Signals between a session and its jobs.

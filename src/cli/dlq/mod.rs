@@ -34,7 +34,7 @@ mod show;
 mod tests;
 
 pub use entry::{Entry, Filter, STRIPPED_ON_REPLAY, replay_props};
-pub use render::{amqp_json, format_age};
+pub use render::{amqp_json, entry_json, format_age, table_row, write_entry};
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};

@@ -97,6 +97,22 @@ pub(super) fn one_line(s: &str, max_chars: usize) -> String {
     out
 }
 
+/// JSON text for the terminal. serde_json escapes only the controls below
+/// U+0020 in strings: DEL and the C1 controls (U+007F to U+009F, among them
+/// U+009B, a CSI on some terminals) stay raw. They are written as `\u`
+/// escapes here, which is still the same JSON. (Found by fuzzing.)
+pub(super) fn json_for_terminal(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_control() && c != '\n' {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Multi-line text with control characters other than newline and tab escaped.
 pub(super) fn safe_text(s: &str) -> String {
     s.chars()
@@ -126,7 +142,7 @@ pub(super) fn write_row(
     writeln!(out, "{}", table_row(e, now))
 }
 
-pub(super) fn table_row(e: &Entry, now: SystemTime) -> String {
+pub fn table_row(e: &Entry, now: SystemTime) -> String {
     let dash = || "-".to_owned();
     let detail = match (&e.title, &e.detail, &e.death_queue) {
         (_, Some(d), _) => d.clone(),
@@ -271,7 +287,7 @@ fn body(data: &[u8]) -> Body {
     }
 }
 
-pub(super) fn write_entry(
+pub fn write_entry(
     out: &mut dyn Write,
     props: &BasicProperties,
     data: &[u8],
@@ -312,15 +328,21 @@ pub(super) fn write_entry(
     )?;
     writeln!(out, "properties:")?;
     for (k, v) in properties_json(props) {
-        writeln!(out, "  {k}: {v}")?;
+        writeln!(out, "  {k}: {}", json_for_terminal(&v.to_string()))?;
     }
     writeln!(out, "headers:")?;
     for (k, v) in headers_json(props) {
-        writeln!(out, "  {}: {v}", safe_text(&k))?;
+        writeln!(
+            out,
+            "  {}: {}",
+            safe_text(&k),
+            json_for_terminal(&v.to_string())
+        )?;
     }
     match body(data) {
         Body::Json(v) => {
             let pretty = serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string());
+            let pretty = json_for_terminal(&pretty);
             writeln!(out, "body ({} bytes, JSON):\n{pretty}", data.len())?;
         }
         Body::Text(s) => writeln!(out, "body ({} bytes, text):\n{}", data.len(), safe_text(&s))?,
@@ -329,7 +351,7 @@ pub(super) fn write_entry(
     Ok(())
 }
 
-pub(super) fn entry_json(
+pub fn entry_json(
     props: &BasicProperties,
     data: &[u8],
     redelivered: bool,

@@ -337,3 +337,30 @@ fn deeply_nested_headers_are_cut_when_rendered() {
     assert_eq!(depth, MAX_JSON_DEPTH);
     assert!(cur.as_str().unwrap().contains("nested deeper"));
 }
+
+/// Found by fuzzing (fuzz target `dlq_entry` and `decode`, FUZZING.md): the
+/// full view printed DEL and C1 controls (U+009B is a CSI on some terminals)
+/// raw, because serde_json escapes only those below U+0020 in strings.
+#[test]
+fn the_full_view_escapes_del_and_c1_controls_in_json() {
+    let p = BasicProperties::default()
+        .with_message_id("job\u{7f}1".into())
+        .with_app_id("app\u{9b}31m".into());
+    let p = headers::with_header(p, "x-tenant", headers::string("a\u{85}b\u{9b}2J"));
+    // Raw DEL and CSI are valid in a JSON string; ESC must come escaped.
+    let body = "{\"text\":\"hi\u{7f}\u{9b}31m\",\"to\":\"\\u001b[2J\"}";
+    let mut out = Vec::new();
+    write_entry(&mut out, &p, body.as_bytes(), false, SystemTime::now()).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n' && *c != '\t')
+        .collect();
+    assert!(raw.is_empty(), "raw controls {raw:?} in:\n{text}");
+    // Still JSON, with the same strings.
+    assert!(text.contains(r#"app_id: "app\u009b31m""#), "{text}");
+    assert!(text.contains(r#"x-tenant: "a\u0085b\u009b2J""#), "{text}");
+    assert!(text.contains(r#""text": "hi\u007f\u009b31m""#), "{text}");
+    assert!(text.contains(r#""to": "\u001b[2J""#), "{text}");
+    assert_eq!(json_for_terminal("\"\u{7f}\"\n"), "\"\\u007f\"\n");
+}
