@@ -16,10 +16,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lapin::BasicProperties;
 use send_worker::ops::metrics::Metrics;
 use send_worker::sim::{SimConfig, SimControl, SimRequest, SimWindow};
-use send_worker::testkit::{RunningWorker, Sandbox};
+use send_worker::testkit::{RunningWorker, Sandbox, job_props, sms_from};
 
 const LONG_CODE: &str = "+15551234567";
 const TOLL_FREE: &str = "+18005550100";
@@ -42,17 +41,12 @@ fn start(env: &Sandbox) -> anyhow::Result<RunningWorker> {
 /// Publish SMS jobs from `from`, texts `{tag} {i}`, confirmed.
 async fn publish(env: &Sandbox, from: &str, tag: &str, n: usize) -> anyhow::Result<()> {
     let jobs = (0..n).map(|i| {
-        let body = serde_json::json!({
-            "from": from,
-            "to": format!("+1555{:07}", i % 10_000_000),
-            "text": format!("{tag} {i}"),
-        })
-        .to_string();
-        let props = BasicProperties::default()
-            .with_message_id(format!("{tag}-{i}").into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        (body.into_bytes(), props)
+        let body = sms_from(
+            from,
+            &format!("+1555{:07}", i % 10_000_000),
+            &format!("{tag} {i}"),
+        );
+        (body, job_props(&format!("{tag}-{i}")))
     });
     env.publish_all(jobs).await?;
     Ok(())

@@ -33,11 +33,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use send_worker::sim::SimConfig;
-use send_worker::testkit::{Sandbox, WorkerProcess, bin, unacked};
+use send_worker::testkit::{Sandbox, WorkerProcess, bin, job_props, sms, unacked};
 
 /// One cell of the matrix.
 #[derive(Clone, Copy)]
@@ -113,18 +112,11 @@ async fn sandbox(name: &str) -> anyhow::Result<Sandbox> {
 async fn publish(s: &Sandbox, tag: &str, range: std::ops::Range<usize>) -> anyhow::Result<()> {
     let now = unix_ms();
     let jobs = range.map(|i| {
-        let body = serde_json::json!({
-            "from": "+15551234567",
-            "to": format!("+1555{:07}", i % 10_000_000),
-            "text": format!("{tag} {i} {now}"),
-        })
-        .to_string();
-        let props = BasicProperties::default()
-            .with_message_id(format!("{tag}-{i}").into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_timestamp(now / 1000);
-        (body.into_bytes(), props)
+        let body = sms(
+            &format!("+1555{:07}", i % 10_000_000),
+            &format!("{tag} {i} {now}"),
+        );
+        (body, job_props(&format!("{tag}-{i}")))
     });
     s.publish_all(jobs).await?;
     Ok(())

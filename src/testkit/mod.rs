@@ -86,7 +86,12 @@ pub fn most_in_any(times: &[u64], span_ms: u64) -> usize {
 
 /// A job body: an SMS from a long code to `to`, whose text identifies it.
 pub fn sms(to: &str, text: &str) -> Vec<u8> {
-    serde_json::json!({"from": "+15551234567", "to": to, "text": text})
+    sms_from("+15551234567", to, text)
+}
+
+/// A job body: an SMS from `from` to `to`, whose text identifies it.
+pub fn sms_from(from: &str, to: &str, text: &str) -> Vec<u8> {
+    serde_json::json!({"from": from, "to": to, "text": text})
         .to_string()
         .into_bytes()
 }
