@@ -13,7 +13,7 @@
 //! 1970, NaN, infinite, not a time, a boolean, a table, an array, bytes that
 //! are not UTF-8) is refused with the reason, and the job is dead-lettered.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::types::AMQPValue;
 
@@ -60,10 +60,7 @@ pub fn parse_deadline_text(raw: &str) -> Result<Deadline, String> {
     if let Ok(secs) = raw.parse::<f64>() {
         return from_secs_f64(secs).map_err(|why| format!("{why}: {:?}", shown(raw)));
     }
-    // The offset form first: humantime's weak parser takes any `+hh:mm`
-    // after fractional seconds and ignores it (2.4), which would move the
-    // deadline by the offset.
-    match parse_rfc3339_offset(raw).or_else(|| humantime::parse_rfc3339_weak(raw).ok()) {
+    match time::parse_rfc3339_unbounded(raw) {
         Some(t) => from_time(t).map_err(|why| format!("{why}: {:?}", shown(raw))),
         None => Err(format!("is not RFC 3339 or unix seconds: {:?}", shown(raw))),
     }
@@ -136,42 +133,11 @@ fn from_time(t: SystemTime) -> Result<Deadline, &'static str> {
     Ok(time::within(t).map_or(Deadline::Never, Deadline::At))
 }
 
-/// RFC 3339 with a numeric offset (`+02:00`), which humantime does not take.
-pub(super) fn parse_rfc3339_offset(raw: &str) -> Option<SystemTime> {
-    let split = raw.len().checked_sub(6)?;
-    // `get`, not `split_at`: `split` need not be a character boundary.
-    let local = raw.get(..split)?;
-    let offset = raw.get(split..)?.as_bytes();
-    let sign = match offset.first()? {
-        b'+' => 1i64,
-        b'-' => -1i64,
-        _ => return None,
-    };
-    let digit = |i: usize| {
-        offset
-            .get(i)
-            .filter(|b| b.is_ascii_digit())
-            .map(|b| i64::from(b - b'0'))
-    };
-    let hours = digit(1)? * 10 + digit(2)?;
-    let minutes = digit(4)? * 10 + digit(5)?;
-    if offset.get(3) != Some(&b':') || hours > 23 || minutes > 59 {
-        return None;
-    }
-    let base = humantime::parse_rfc3339_weak(local).ok()?;
-    let shift = Duration::from_secs(u64::try_from(hours * 3600 + minutes * 60).ok()?);
-    // local time = UTC + offset, so UTC = local - offset.
-    if sign > 0 {
-        base.checked_sub(shift)
-    } else {
-        base.checked_add(shift)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use lapin::types::{ByteArray, DecimalValue, FieldArray, FieldTable, LongString};
+    use std::time::Duration;
 
     fn secs(d: Deadline) -> Option<u64> {
         d.at()

@@ -57,15 +57,51 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// An RFC 3339 time with `Z`, no zone (UTC) or a `±hh:mm` offset (as
-/// Telnyx writes `occurred_at`), if it is one.
+/// Telnyx writes `occurred_at`), if it is one between the epoch and
+/// [`LATEST_SECS`].
 pub fn parse_rfc3339(raw: &str) -> Option<SystemTime> {
-    let raw = raw.trim();
+    parse_rfc3339_unbounded(raw.trim()).and_then(within)
+}
+
+/// An RFC 3339 time as [`parse_rfc3339`] reads it, before 1970 or after
+/// year 9999 too (for callers that tell those apart).
+pub fn parse_rfc3339_unbounded(raw: &str) -> Option<SystemTime> {
     // The offset form first: humantime's weak parser takes any `+hh:mm`
     // after fractional seconds and ignores it (2.4.0), which would read
     // `20:30:00.000+02:00` as 20:30 UTC.
-    super::deadline::parse_rfc3339_offset(raw)
-        .or_else(|| humantime::parse_rfc3339_weak(raw).ok())
-        .and_then(within)
+    parse_rfc3339_offset(raw).or_else(|| humantime::parse_rfc3339_weak(raw).ok())
+}
+
+/// RFC 3339 with a numeric offset (`+02:00`), which humantime does not take.
+fn parse_rfc3339_offset(raw: &str) -> Option<SystemTime> {
+    let split = raw.len().checked_sub(6)?;
+    // `get`, not `split_at`: `split` need not be a character boundary.
+    let local = raw.get(..split)?;
+    let offset = raw.get(split..)?.as_bytes();
+    let sign = match offset.first()? {
+        b'+' => 1i64,
+        b'-' => -1i64,
+        _ => return None,
+    };
+    let digit = |i: usize| {
+        offset
+            .get(i)
+            .filter(|b| b.is_ascii_digit())
+            .map(|b| i64::from(b - b'0'))
+    };
+    let hours = digit(1)? * 10 + digit(2)?;
+    let minutes = digit(4)? * 10 + digit(5)?;
+    if offset.get(3) != Some(&b':') || hours > 23 || minutes > 59 {
+        return None;
+    }
+    let base = humantime::parse_rfc3339_weak(local).ok()?;
+    let shift = Duration::from_secs(u64::try_from(hours * 3600 + minutes * 60).ok()?);
+    // local time = UTC + offset, so UTC = local - offset.
+    if sign > 0 {
+        base.checked_sub(shift)
+    } else {
+        base.checked_add(shift)
+    }
 }
 
 #[cfg(test)]
