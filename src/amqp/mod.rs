@@ -10,7 +10,7 @@ pub mod outbox;
 
 pub use outbox::Outbox;
 pub use publisher::{DEFAULT_PUBLISH_TIMEOUT, PublishError, Publisher, confirmed};
-pub use topology::Topology;
+pub use topology::{Topology, declare_exchange};
 
 use std::time::Duration;
 

@@ -28,6 +28,22 @@ fn ls(v: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()))
 }
 
+/// Declare `name` as the worker declares its exchanges: a durable topic
+/// exchange (idempotent).
+pub async fn declare_exchange(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            s(name),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 impl Topology {
     pub fn new(amqp: &AmqpSettings, backoff: &Backoff) -> Self {
         Self {
@@ -98,27 +114,9 @@ impl Topology {
 
     /// Declare everything, idempotently. Works on a fresh broker.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        let durable_exchange = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        channel
-            .exchange_declare(
-                s(&self.amqp.exchange),
-                ExchangeKind::Topic,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
+        declare_exchange(channel, &self.amqp.exchange).await?;
         if !self.amqp.events_exchange.is_empty() {
-            channel
-                .exchange_declare(
-                    s(&self.amqp.events_exchange),
-                    ExchangeKind::Topic,
-                    durable_exchange,
-                    FieldTable::default(),
-                )
-                .await?;
+            declare_exchange(channel, &self.amqp.events_exchange).await?;
         }
         let durable = QueueDeclareOptions {
             durable: true,

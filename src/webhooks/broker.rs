@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use lapin::options::ExchangeDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ExchangeKind};
+use lapin::{BasicProperties, Connection};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -74,17 +72,7 @@ impl Link {
             let conn = amqp::connect(&self.url, "send-worker-webhooks").await?;
             let p = Publisher::new(&conn, self.confirm_within).await?;
             if self.declare {
-                p.channel()
-                    .exchange_declare(
-                        self.exchange.as_str().into(),
-                        ExchangeKind::Topic,
-                        ExchangeDeclareOptions {
-                            durable: true,
-                            ..ExchangeDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
+                amqp::declare_exchange(p.channel(), &self.exchange).await?;
             }
             Ok::<_, LinkError>((conn, p))
         };
