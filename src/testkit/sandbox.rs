@@ -48,8 +48,9 @@ impl RunningWorker {
     }
 }
 
-/// Settings for a sandbox named `prefix`: `base`, with the names prefixed,
-/// the simulator as the API and the kit's key.
+/// Settings for a sandbox named `prefix`: `base`, with the names (queues,
+/// exchanges, Redis keys) prefixed, the simulator as the API and the kit's
+/// key.
 fn sandboxed(mut s: Settings, prefix: &str, sim: &SimHandle) -> Settings {
     let a = &mut s.amqp;
     a.exchange = format!("{prefix}.messages");
@@ -57,15 +58,15 @@ fn sandboxed(mut s: Settings, prefix: &str, sim: &SimHandle) -> Settings {
     a.dead_letter_queue = format!("{prefix}.messages.send.dead");
     a.retry_queue_prefix = format!("{prefix}.messages.send.retry");
     a.events_exchange = format!("{prefix}.messages.events");
+    // Redis keys too: a job id reused by a later sandbox (a benchmark's
+    // "job-0") must not find an earlier sandbox's dedupe record.
+    s.redis.key_prefix = format!("send-worker-test:{prefix}");
     s.telnyx.base_url = sim.base_url();
     s.telnyx.api_key = Secret::new(API_KEY);
     s
 }
 
 impl Sandbox {
-    /// Start a simulator with `sim`, and declare a topology named after
-    /// `name` with `base`'s settings (names prefixed, the simulator as the
-    /// API), adjusted by `tweak` before anything is declared.
     /// A benchmark's sandbox: the shipped defaults with the local broker,
     /// account pacing off and an ephemeral ops port, then `vars`
     /// (`SEND_WORKER__…` pairs), then the environment's own `SEND_WORKER__*`
@@ -91,6 +92,9 @@ impl Sandbox {
         Sandbox::open(&format!("bench-{name}"), base, sim, |_| {}).await
     }
 
+    /// Start a simulator with `sim`, and declare a topology named after
+    /// `name` with `base`'s settings (names prefixed, the simulator as the
+    /// API), adjusted by `tweak` before anything is declared.
     pub async fn open(
         name: &str,
         base: Settings,
